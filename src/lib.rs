@@ -1,2 +1,32 @@
-use pgrx::prelude::*;
-::pgrx::pg_module_magic!();
+//! # torii
+//!
+//! A PostgreSQL 15 table access method without bloat. The layers:
+//!
+//! * `torii-core` (workspace crate, no pgrx): page, metapage and row formats, visibility rules.
+//! * [`storage`]: those formats applied to PostgreSQL's buffers, with generic WAL.
+//! * [`am`]: the `TableAmRoutine` callbacks, grouped by kind (scan, modify, fetch, DDL, index).
+//! * [`sql_api`]: SQL functions in schema `torii`.
+
+pgrx::pg_module_magic!();
+
+/// `#[pg_guard]` on an `extern` block (see [`pg_extra`]) expands to `crate::ffi::…`.
+pub(crate) use pgrx::pg_sys::ffi;
+
+pub mod am;
+pub mod pg_extra;
+pub mod sql_api;
+pub mod storage;
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

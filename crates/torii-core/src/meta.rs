@@ -1,0 +1,140 @@
+//! # The metapage
+//!
+//! Block 0 of every torii table. Its contents follow the page header (so `pd_lower` covers them
+//! and generic WAL logs them as ordinary page bytes):
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 24 | 4 | magic `META_MAGIC` ("TORI") |
+//! | 28 | 4 | format version `FORMAT_VERSION` |
+//! | 32 | 4 | first (oldest) undo page, or `NO_BLOCK` |
+//! | 36 | 4 | last (newest) undo page, or `NO_BLOCK` |
+//! | 40 | 4 | head of the free-page list, or `NO_BLOCK` |
+//! | 44 | 4 | reserved |
+//! | 48 | 8 | resolved horizon: every xid below it is known committed or rolled back in this table |
+//! | 56 | 8 | undo bytes appended since creation (statistics) |
+//! | 64 | 8 | undo bytes discarded since creation (statistics) |
+//! | 72 | 8 | reserved |
+
+use crate::page::{self, PageKind, NO_BLOCK, PAGE_HEADER_SIZE};
+
+pub const META_MAGIC: u32 = 0x544f_5249;
+pub const FORMAT_VERSION: u32 = 1;
+pub const META_SIZE: usize = 56;
+/// `pd_lower` of a metapage.
+pub const META_END: usize = PAGE_HEADER_SIZE + META_SIZE;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub magic: u32,
+    pub version: u32,
+    pub undo_head: u32,
+    pub undo_tail: u32,
+    pub free_head: u32,
+    pub horizon: u64,
+    pub undo_appended: u64,
+    pub undo_discarded: u64,
+}
+
+impl Meta {
+    pub fn new(horizon: u64) -> Meta {
+        Meta {
+            magic: META_MAGIC,
+            version: FORMAT_VERSION,
+            undo_head: NO_BLOCK,
+            undo_tail: NO_BLOCK,
+            free_head: NO_BLOCK,
+            horizon,
+            undo_appended: 0,
+            undo_discarded: 0,
+        }
+    }
+
+    pub fn read(p: &[u8]) -> Meta {
+        let u32at = |o: usize| u32::from_ne_bytes(p[o..o + 4].try_into().unwrap());
+        let u64at = |o: usize| u64::from_ne_bytes(p[o..o + 8].try_into().unwrap());
+        Meta {
+            magic: u32at(24),
+            version: u32at(28),
+            undo_head: u32at(32),
+            undo_tail: u32at(36),
+            free_head: u32at(40),
+            horizon: u64at(48),
+            undo_appended: u64at(56),
+            undo_discarded: u64at(64),
+        }
+    }
+
+    /// Writes the metapage contents and recomputes the checksum.
+    pub fn write(&self, p: &mut [u8]) {
+        p[24..28].copy_from_slice(&self.magic.to_ne_bytes());
+        p[28..32].copy_from_slice(&self.version.to_ne_bytes());
+        p[32..36].copy_from_slice(&self.undo_head.to_ne_bytes());
+        p[36..40].copy_from_slice(&self.undo_tail.to_ne_bytes());
+        p[40..44].copy_from_slice(&self.free_head.to_ne_bytes());
+        p[44..48].fill(0);
+        p[48..56].copy_from_slice(&self.horizon.to_ne_bytes());
+        p[56..64].copy_from_slice(&self.undo_appended.to_ne_bytes());
+        p[64..72].copy_from_slice(&self.undo_discarded.to_ne_bytes());
+        p[72..80].fill(0);
+        page::set_checksum(p);
+    }
+
+    /// Formats `p` as a fresh metapage.
+    pub fn init_page(p: &mut [u8], horizon: u64) {
+        page::init_page(p, PageKind::Meta);
+        p[12..14].copy_from_slice(&(META_END as u16).to_ne_bytes());
+        Meta::new(horizon).write(p);
+    }
+
+    /// Checks what [`page::verify`] cannot: that this is a metapage of a version we read.
+    pub fn check(p: &[u8]) -> Result<Meta, String> {
+        if page::kind(p) != Some(PageKind::Meta) {
+            return Err("block 0 is not a metapage".into());
+        }
+        if page::pd_lower(p) != META_END {
+            return Err(format!("metapage pd_lower {}", page::pd_lower(p)));
+        }
+        let m = Meta::read(p);
+        if m.magic != META_MAGIC {
+            return Err(format!("metapage magic {:#010x}", m.magic));
+        }
+        if m.version != FORMAT_VERSION {
+            return Err(format!(
+                "format version {} (this build reads {FORMAT_VERSION})",
+                m.version
+            ));
+        }
+        Ok(m)
+    }
+}
+
+const _: () = assert!(META_END == 80);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::BLCKSZ;
+
+    #[test]
+    fn metapage_round_trip() {
+        let mut p = vec![0u8; BLCKSZ];
+        Meta::init_page(&mut p, 77);
+        assert_eq!(page::verify(&p), Ok(()));
+        let m = Meta::check(&p).unwrap();
+        assert_eq!(m, Meta::new(77));
+        let mut m2 = m;
+        m2.undo_head = 5;
+        m2.undo_appended = 1 << 40;
+        m2.write(&mut p);
+        assert_eq!(page::verify(&p), Ok(()));
+        assert_eq!(Meta::check(&p).unwrap(), m2);
+    }
+
+    #[test]
+    fn data_page_is_not_a_metapage() {
+        let mut p = vec![0u8; BLCKSZ];
+        page::init_page(&mut p, PageKind::Data);
+        assert!(Meta::check(&p).is_err());
+    }
+}

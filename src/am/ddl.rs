@@ -1,0 +1,250 @@
+//! Relation-level callbacks: storage creation, TRUNCATE, SET TABLESPACE, VACUUM FULL/CLUSTER,
+//! VACUUM, sizes and planner estimates, TOAST.
+
+use super::visibility::{Snap, BUILD};
+use crate::storage::{pages, wal};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use torii_core::page::{self, PageKind};
+
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn relation_set_new_filenode(
+    rel: pg_sys::Relation,
+    newrnode: *const pg_sys::RelFileNode,
+    persistence: std::ffi::c_char,
+    freeze_xid: *mut pg_sys::TransactionId,
+    minmulti: *mut pg_sys::MultiXactId,
+) {
+    // Rows carry 64-bit xids and torii uses no MultiXacts: relminmxid stays invalid.
+    *freeze_xid = pg_sys::RecentXmin;
+    *minmulti = pg_sys::MultiXactId::INVALID;
+    let srel = pg_sys::RelationCreateStorage(*newrnode, persistence, true);
+    if persistence as u8 == pg_sys::RELPERSISTENCE_UNLOGGED {
+        pg_sys::smgrcreate(srel, pg_sys::ForkNumber::INIT_FORKNUM, false);
+        crate::pg_extra::log_smgrcreate(newrnode, pg_sys::ForkNumber::INIT_FORKNUM);
+        pg_sys::smgrimmedsync(srel, pg_sys::ForkNumber::INIT_FORKNUM);
+    }
+    pg_sys::smgrclose(srel);
+    // The metapage is written by the first insert (an empty table has no blocks, like heap).
+    let _ = rel;
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn relation_nontransactional_truncate(rel: pg_sys::Relation) {
+    pg_sys::RelationTruncate(rel, 0);
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn relation_copy_data(
+    rel: pg_sys::Relation,
+    newrnode: *const pg_sys::RelFileNode,
+) {
+    // Pages are copied byte for byte; their checksums do not cover the location, so they
+    // stay valid in the new file.
+    let dst = pg_sys::smgropen(*newrnode, (*rel).rd_backend);
+    pg_sys::FlushRelationBuffers(rel);
+    let persistence = (*(*rel).rd_rel).relpersistence;
+    pg_sys::RelationCreateStorage(*newrnode, persistence, true);
+    pg_sys::RelationCopyStorage(
+        pg_sys::RelationGetSmgr(rel),
+        dst,
+        pg_sys::ForkNumber::MAIN_FORKNUM,
+        persistence,
+    );
+    for fork in (pg_sys::ForkNumber::MAIN_FORKNUM + 1)..=pg_sys::ForkNumber::INIT_FORKNUM {
+        if pg_sys::smgrexists(pg_sys::RelationGetSmgr(rel), fork) {
+            pg_sys::smgrcreate(dst, fork, false);
+            if persistence as u8 == pg_sys::RELPERSISTENCE_PERMANENT
+                || (persistence as u8 == pg_sys::RELPERSISTENCE_UNLOGGED
+                    && fork == pg_sys::ForkNumber::INIT_FORKNUM)
+            {
+                crate::pg_extra::log_smgrcreate(newrnode, fork);
+            }
+            pg_sys::RelationCopyStorage(pg_sys::RelationGetSmgr(rel), dst, fork, persistence);
+        }
+    }
+    pg_sys::RelationDropStorage(rel);
+    pg_sys::smgrclose(dst);
+}
+
+/// Copies a stored row (version header included) into `new_rel`.
+unsafe fn copy_row(new_rel: pg_sys::Relation, row: &[u8]) {
+    let target = pages::find_room(new_rel, row.len(), std::ptr::null_mut());
+    wal::add_rows(new_rel, &target.buf, target.format, &[row]);
+}
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C-unwind" fn relation_copy_for_cluster(
+    old: pg_sys::Relation,
+    new: pg_sys::Relation,
+    old_index: pg_sys::Relation,
+    _use_sort: bool,
+    _oldest_xmin: pg_sys::TransactionId,
+    _xid_cutoff: *mut pg_sys::TransactionId,
+    _multi_cutoff: *mut pg_sys::MultiXactId,
+    num_tuples: *mut f64,
+    tups_vacuumed: *mut f64,
+    tups_recently_dead: *mut f64,
+) {
+    // VACUUM FULL / CLUSTER: copy every row whose writer did not abort, keeping its version
+    // header, in index order when an index is given.
+    *num_tuples = 0.0;
+    *tups_vacuumed = 0.0;
+    *tups_recently_dead = 0.0;
+    if !old_index.is_null() {
+        let slot = pg_sys::table_slot_create(old, std::ptr::null_mut());
+        let iscan = pg_sys::index_beginscan(old, old_index, &raw mut pg_sys::SnapshotAnyData, 0, 0);
+        pg_sys::index_rescan(iscan, std::ptr::null_mut(), 0, std::ptr::null_mut(), 0);
+        let build = Snap::of_kind(BUILD);
+        while pg_sys::index_getnext_slot(iscan, pg_sys::ScanDirection::ForwardScanDirection, slot)
+        {
+            let mut should_free = false;
+            let tup = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
+            let row =
+                std::slice::from_raw_parts((*tup).t_data as *const u8, (*tup).t_len as usize);
+            if build.sees(row) {
+                copy_row(new, row);
+                *num_tuples += 1.0;
+            } else {
+                *tups_vacuumed += 1.0;
+            }
+            if should_free {
+                pg_sys::heap_freetuple(tup);
+            }
+        }
+        pg_sys::index_endscan(iscan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        return;
+    }
+    let nblocks = pages::nblocks(old);
+    let mut copy = vec![0u8; page::BLCKSZ];
+    let build = Snap::of_kind(BUILD);
+    for blk in 1..nblocks {
+        pgrx::check_for_interrupts!();
+        if pages::copy_page(old, blk, std::ptr::null_mut(), &mut copy) != Some(PageKind::Data) {
+            continue;
+        }
+        for off in 1..=page::line_pointer_count(&copy) {
+            let lp = page::line_pointer(&copy, off);
+            if lp.flags != page::LP_NORMAL {
+                continue;
+            }
+            let row = &copy[lp.off..lp.off + lp.len];
+            if build.sees(row) {
+                copy_row(new, row);
+                *num_tuples += 1.0;
+            } else {
+                *tups_vacuumed += 1.0;
+            }
+        }
+    }
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn relation_vacuum(
+    _rel: pg_sys::Relation,
+    _params: *mut pg_sys::VacuumParams,
+    _bstrategy: pg_sys::BufferAccessStrategy,
+) {
+    // Rows are only inserted so far: nothing to reclaim but aborted inserts, which undo
+    // discard will handle.
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn relation_size(
+    rel: pg_sys::Relation,
+    fork: pg_sys::ForkNumber::Type,
+) -> u64 {
+    pg_sys::table_block_relation_size(rel, fork)
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn relation_needs_toast_table(rel: pg_sys::Relation) -> bool {
+    // Like heap: a TOAST table is needed when a row can exceed TOAST_TUPLE_THRESHOLD, i.e.
+    // when some column is variable-length and may be stored out of line.
+    let desc = (*rel).rd_att;
+    let mut data_length: usize = 0;
+    let mut maxlength_unknown = false;
+    let mut has_toastable = false;
+    for i in 0..(*desc).natts as usize {
+        let att = &*(*desc).attrs.as_ptr().add(i);
+        if att.attisdropped {
+            continue;
+        }
+        let align = match att.attalign as u8 {
+            b's' => 2,
+            b'i' => 4,
+            b'd' => 8,
+            _ => 1,
+        };
+        data_length = data_length.next_multiple_of(align);
+        if att.attlen > 0 {
+            data_length += att.attlen as usize;
+        } else {
+            let maxlen = pg_sys::type_maximum_size(att.atttypid, att.atttypmod);
+            if maxlen < 0 {
+                maxlength_unknown = true;
+            } else {
+                data_length += maxlen as usize;
+            }
+            if att.attstorage as u8 != b'p' {
+                has_toastable = true;
+            }
+        }
+    }
+    if !has_toastable {
+        return false;
+    }
+    if maxlength_unknown {
+        return true;
+    }
+    let bitmap = (*desc).natts as usize / 8 + 1;
+    (23 + bitmap).next_multiple_of(8) + data_length > 2032
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn relation_toast_am(_rel: pg_sys::Relation) -> pg_sys::Oid {
+    pg_sys::Oid::from(pg_sys::HEAP_TABLE_AM_OID)
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn relation_fetch_toast_slice(
+    toastrel: pg_sys::Relation,
+    valueid: pg_sys::Oid,
+    attrsize: i32,
+    sliceoffset: i32,
+    slicelength: i32,
+    result: *mut pg_sys::varlena,
+) {
+    crate::pg_extra::heap_fetch_toast_slice(
+        toastrel,
+        valueid,
+        attrsize,
+        sliceoffset,
+        slicelength,
+        result,
+    )
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn relation_estimate_size(
+    rel: pg_sys::Relation,
+    attr_widths: *mut i32,
+    pages: *mut pg_sys::BlockNumber,
+    tuples: *mut f64,
+    allvisfrac: *mut f64,
+) {
+    // Overhead per row: the 23-byte header (MAXALIGNed with the data) and the line pointer,
+    // as heap; usable bytes per page: everything but header and special space.
+    pg_sys::table_block_relation_estimate_size(
+        rel,
+        attr_widths,
+        pages,
+        tuples,
+        allvisfrac,
+        24 + 4,
+        page::SPECIAL_OFFSET - page::PAGE_HEADER_SIZE,
+    );
+}

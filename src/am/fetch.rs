@@ -1,0 +1,175 @@
+//! Fetching rows by TID: index scans, TID scans, trigger and EvalPlanQual fetches.
+//!
+//! The row is copied out of the page under the share lock into the slot's own memory, since
+//! in-place updates may change the shared page as soon as the lock is released.
+
+use super::visibility::Snap;
+use crate::storage::buffer::Lock;
+use crate::storage::{pages, tid_parts};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use torii_core::page::{self, PageKind, LP_NORMAL};
+
+/// Reads the row at `tid` if `snapshot` sees it, and stores a copy in `slot`.
+unsafe fn fetch_into(
+    rel: pg_sys::Relation,
+    tid: &pg_sys::ItemPointerData,
+    snap: &Snap,
+    slot: *mut pg_sys::TupleTableSlot,
+) -> bool {
+    let (blk, off) = tid_parts(tid);
+    if blk == 0 || blk >= pages::nblocks(rel) || off == 0 {
+        return false;
+    }
+    let (b, valid) = pages::read_verified(rel, blk, Lock::Share, std::ptr::null_mut());
+    let p = b.page();
+    if !valid || page::kind(p) != Some(PageKind::Data) || off as usize > page::line_pointer_count(p)
+    {
+        return false;
+    }
+    let lp = page::line_pointer(p, off as usize);
+    if lp.flags != LP_NORMAL || lp.off + lp.len > page::SPECIAL_OFFSET {
+        return false;
+    }
+    let row = &p[lp.off..lp.off + lp.len];
+    if let Err(e) = torii_core::row::validate(row) {
+        pages::report_corrupt(
+            rel,
+            blk,
+            &page::PageError::Malformed(format!("row {off}: {e}")),
+        );
+    }
+    if !snap.sees(row) {
+        return false;
+    }
+    store_copy(rel, row, *tid, slot);
+    true
+}
+
+/// Stores a palloc'd copy of `row` in `slot` (freed with the slot's contents).
+pub unsafe fn store_copy(
+    rel: pg_sys::Relation,
+    row: &[u8],
+    t: pg_sys::ItemPointerData,
+    slot: *mut pg_sys::TupleTableSlot,
+) {
+    let hsize = std::mem::size_of::<pg_sys::HeapTupleData>();
+    let mem = pg_sys::MemoryContextAlloc((*slot).tts_mcxt, hsize + row.len()) as *mut u8;
+    let tup = mem as pg_sys::HeapTuple;
+    let data = mem.add(hsize);
+    std::ptr::copy_nonoverlapping(row.as_ptr(), data, row.len());
+    (*tup).t_len = row.len() as u32;
+    (*tup).t_self = t;
+    (*tup).t_tableOid = (*rel).rd_id;
+    (*tup).t_data = data as pg_sys::HeapTupleHeader;
+    pg_sys::ExecStoreHeapTuple(tup, slot, true);
+}
+
+#[repr(C)]
+struct ToriiIndexFetch {
+    base: pg_sys::IndexFetchTableData,
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn index_fetch_begin(
+    rel: pg_sys::Relation,
+) -> *mut pg_sys::IndexFetchTableData {
+    let f = pg_sys::palloc0(std::mem::size_of::<ToriiIndexFetch>()) as *mut ToriiIndexFetch;
+    (*f).base.rel = rel;
+    f as *mut pg_sys::IndexFetchTableData
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn index_fetch_reset(_data: *mut pg_sys::IndexFetchTableData) {}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn index_fetch_end(data: *mut pg_sys::IndexFetchTableData) {
+    pg_sys::pfree(data as *mut _);
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn index_fetch_tuple(
+    scan: *mut pg_sys::IndexFetchTableData,
+    tid: pg_sys::ItemPointer,
+    snapshot: pg_sys::Snapshot,
+    slot: *mut pg_sys::TupleTableSlot,
+    call_again: *mut bool,
+    all_dead: *mut bool,
+) -> bool {
+    // One version per TID is reachable from an index entry; never claim entries are dead
+    // (that would let btree remove them for good).
+    *call_again = false;
+    if !all_dead.is_null() {
+        *all_dead = false;
+    }
+    let rel = (*scan).rel;
+    let snap = Snap::new(snapshot);
+    let found = fetch_into(rel, &*tid, &snap, slot);
+    if found && super::scan::should_count(rel) {
+        (*(*rel).pgstat_info).t_counts.t_tuples_fetched += 1;
+    }
+    found
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn tuple_fetch_row_version(
+    rel: pg_sys::Relation,
+    tid: pg_sys::ItemPointer,
+    snapshot: pg_sys::Snapshot,
+    slot: *mut pg_sys::TupleTableSlot,
+) -> bool {
+    let snap = Snap::new(snapshot);
+    fetch_into(rel, &*tid, &snap, slot)
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn tuple_tid_valid(
+    sscan: pg_sys::TableScanDesc,
+    tid: pg_sys::ItemPointer,
+) -> bool {
+    let scan = &*(sscan as *mut super::scan::ToriiScan);
+    let (blk, off) = tid_parts(&*tid);
+    off != 0 && blk != 0 && blk < scan.nblocks
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn tuple_get_latest_tid(
+    _sscan: pg_sys::TableScanDesc,
+    _tid: pg_sys::ItemPointer,
+) {
+    // Rows do not move yet: the TID is the latest.
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn tuple_satisfies_snapshot(
+    rel: pg_sys::Relation,
+    slot: *mut pg_sys::TupleTableSlot,
+    snapshot: pg_sys::Snapshot,
+) -> bool {
+    // The slot's copy may be stale: ask the page.
+    let (blk, off) = tid_parts(&(*slot).tts_tid);
+    if blk == 0 || blk >= pages::nblocks(rel) {
+        return false;
+    }
+    let (b, valid) = pages::read_verified(rel, blk, Lock::Share, std::ptr::null_mut());
+    let p = b.page();
+    if !valid || page::kind(p) != Some(PageKind::Data) || off as usize > page::line_pointer_count(p)
+    {
+        return false;
+    }
+    let lp = page::line_pointer(p, off as usize);
+    if lp.flags != LP_NORMAL {
+        return false;
+    }
+    Snap::new(snapshot).sees(&p[lp.off..lp.off + lp.len])
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn index_delete_tuples(
+    _rel: pg_sys::Relation,
+    _delstate: *mut pg_sys::TM_IndexDeleteOp,
+) -> pg_sys::TransactionId {
+    // torii never reports index entries as dead (all_dead stays false) and rows are not
+    // removed yet, so no entry is known deletable.
+    pg_sys::InvalidTransactionId
+}

@@ -1,0 +1,51 @@
+#![allow(non_snake_case)] // PostgreSQL's own function names.
+//! PostgreSQL functions torii calls that pgrx's bindings do not include (their headers are
+//! not in pgrx's binding set). `#[pg_guard]` turns an ERROR raised inside them into a Rust
+//! panic, as for every other `pg_sys` function.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+#[pg_guard]
+unsafe extern "C-unwind" {
+    /// access/heaptoast.h
+    pub fn heap_toast_insert_or_update(
+        rel: pg_sys::Relation,
+        newtup: pg_sys::HeapTuple,
+        oldtup: pg_sys::HeapTuple,
+        options: i32,
+    ) -> pg_sys::HeapTuple;
+    /// access/heaptoast.h
+    pub fn heap_fetch_toast_slice(
+        toastrel: pg_sys::Relation,
+        valueid: pg_sys::Oid,
+        attrsize: i32,
+        sliceoffset: i32,
+        slicelength: i32,
+        result: *mut pg_sys::varlena,
+    );
+    /// catalog/storage_xlog.h
+    pub fn log_smgrcreate(rnode: *const pg_sys::RelFileNode, fork: pg_sys::ForkNumber::Type);
+    /// storage/predicate.h
+    pub fn CheckForSerializableConflictIn(
+        rel: pg_sys::Relation,
+        tid: pg_sys::ItemPointer,
+        blkno: pg_sys::BlockNumber,
+    );
+    /// storage/predicate.h
+    pub fn PredicateLockRelation(rel: pg_sys::Relation, snapshot: pg_sys::Snapshot);
+    /// storage/predicate.h
+    pub fn PredicateLockTID(
+        rel: pg_sys::Relation,
+        tid: pg_sys::ItemPointer,
+        snapshot: pg_sys::Snapshot,
+        tuple_xid: pg_sys::TransactionId,
+    );
+}
+
+/// `BulkInsertStateData` of access/hio.h (PostgreSQL 15): only its strategy is used.
+#[repr(C)]
+pub struct BulkInsertStateData {
+    pub strategy: pg_sys::BufferAccessStrategy,
+    pub current_buf: pg_sys::Buffer,
+}

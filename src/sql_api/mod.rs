@@ -1,0 +1,3 @@
+//! SQL-facing functions in schema `torii`.
+
+pub mod verify;

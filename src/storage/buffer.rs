@@ -1,0 +1,75 @@
+//! Buffer guards. A [`LockedBuffer`] owns one pin and one content lock and gives both back when
+//! dropped, so an ERROR (a Rust panic under pgrx, unwinding through the guard) cannot leak them.
+
+use pgrx::pg_sys;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Lock {
+    Share,
+    Exclusive,
+}
+
+impl Lock {
+    fn mode(self) -> i32 {
+        match self {
+            Lock::Share => pg_sys::BUFFER_LOCK_SHARE as i32,
+            Lock::Exclusive => pg_sys::BUFFER_LOCK_EXCLUSIVE as i32,
+        }
+    }
+}
+
+/// A pinned and content-locked buffer of a relation's main fork.
+pub struct LockedBuffer {
+    buf: pg_sys::Buffer,
+    lock: Lock,
+}
+
+impl LockedBuffer {
+    /// Reads block `blk` of `rel` and locks it.
+    ///
+    /// # Safety
+    /// `rel` must be open and `blk` below its size (or `P_NEW` under the extension lock).
+    pub unsafe fn read(
+        rel: pg_sys::Relation,
+        blk: pg_sys::BlockNumber,
+        lock: Lock,
+        strategy: pg_sys::BufferAccessStrategy,
+    ) -> LockedBuffer {
+        let buf = pg_sys::ReadBufferExtended(
+            rel,
+            pg_sys::ForkNumber::MAIN_FORKNUM,
+            blk,
+            pg_sys::ReadBufferMode::RBM_NORMAL,
+            strategy,
+        );
+        // If LockBuffer raises an ERROR, the pin is released by the resource owner at abort.
+        pg_sys::LockBuffer(buf, lock.mode());
+        LockedBuffer { buf, lock }
+    }
+
+    pub fn buffer(&self) -> pg_sys::Buffer {
+        self.buf
+    }
+
+    pub fn lock(&self) -> Lock {
+        self.lock
+    }
+
+    pub fn block(&self) -> pg_sys::BlockNumber {
+        // SAFETY: the buffer is pinned.
+        unsafe { pg_sys::BufferGetBlockNumber(self.buf) }
+    }
+
+    /// The page, readable while the lock is held.
+    pub fn page(&self) -> &[u8] {
+        // SAFETY: the buffer is pinned and locked for as long as `self` lives; pages are BLCKSZ.
+        unsafe { std::slice::from_raw_parts(pg_sys::BufferGetPage(self.buf) as *const u8, 8192) }
+    }
+}
+
+impl Drop for LockedBuffer {
+    fn drop(&mut self) {
+        // SAFETY: we own exactly one pin and the content lock.
+        unsafe { pg_sys::UnlockReleaseBuffer(self.buf) }
+    }
+}

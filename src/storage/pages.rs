@@ -1,0 +1,214 @@
+//! Reading verified pages and finding room for new rows.
+
+use super::buffer::{Lock, LockedBuffer};
+use super::{rel_name, wal};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use torii_core::{page, page::PageKind};
+
+/// Raises the data-corruption ERROR (SQLSTATE XX001) for a page that failed its check.
+///
+/// # Safety
+/// `rel` must be open.
+pub unsafe fn report_corrupt(rel: pg_sys::Relation, blk: u32, err: &page::PageError) -> ! {
+    let detail = match err {
+        page::PageError::Checksum { stored, computed } => format!(
+            "checksum mismatch in block {blk} of relation \"{}\": expected {computed:08X}, found {stored:08X}",
+            rel_name(rel)
+        ),
+        page::PageError::Malformed(why) => format!(
+            "invalid page in block {blk} of relation \"{}\": {why}",
+            rel_name(rel)
+        ),
+    };
+    ereport!(
+        PgLogLevel::ERROR,
+        PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+        format!("torii: {detail}")
+    );
+    unreachable!()
+}
+
+/// Checks a locked page, raising XX001 when it is damaged. Returns false for a new (all-zero)
+/// page, which holds nothing.
+pub fn check(rel: pg_sys::Relation, blk: u32, p: &[u8]) -> bool {
+    if page::is_new(p) {
+        return false;
+    }
+    if let Err(e) = page::verify(p) {
+        // SAFETY: rel is open (we hold a buffer of it).
+        unsafe { report_corrupt(rel, blk, &e) }
+    }
+    true
+}
+
+/// Reads and locks a page and verifies it.
+///
+/// # Safety
+/// `rel` must be open and `blk` inside it.
+pub unsafe fn read_verified(
+    rel: pg_sys::Relation,
+    blk: u32,
+    lock: Lock,
+    strategy: pg_sys::BufferAccessStrategy,
+) -> (LockedBuffer, bool) {
+    let b = LockedBuffer::read(rel, blk, lock, strategy);
+    let valid = check(rel, blk, b.page());
+    (b, valid)
+}
+
+/// Copies a verified page into `dst` (taking the share lock only for the copy), so that rows
+/// can be examined without holding the buffer: in-place updates may change the shared page
+/// at any time after the lock is released. Returns the page kind, or None for a new page.
+///
+/// # Safety
+/// `rel` must be open and `blk` inside it.
+pub unsafe fn copy_page(
+    rel: pg_sys::Relation,
+    blk: u32,
+    strategy: pg_sys::BufferAccessStrategy,
+    dst: &mut [u8],
+) -> Option<PageKind> {
+    {
+        let b = LockedBuffer::read(rel, blk, Lock::Share, strategy);
+        dst.copy_from_slice(b.page());
+    }
+    if page::is_new(dst) {
+        return None;
+    }
+    if let Err(e) = page::verify(dst) {
+        report_corrupt(rel, blk, &e)
+    }
+    page::kind(dst)
+}
+
+/// Number of blocks of the main fork.
+pub fn nblocks(rel: pg_sys::Relation) -> u32 {
+    // SAFETY: rel is open.
+    unsafe { pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) }
+}
+
+/// Extends the relation by one block, returned exclusively locked. Called with the extension
+/// lock held.
+unsafe fn extend_locked(
+    rel: pg_sys::Relation,
+    strategy: pg_sys::BufferAccessStrategy,
+) -> LockedBuffer {
+    LockedBuffer::read(rel, pg_sys::InvalidBlockNumber, Lock::Exclusive, strategy)
+}
+
+/// Makes sure block 0 is a metapage (tables are created empty; the first writer formats it).
+///
+/// # Safety
+/// `rel` must be open and locked against concurrent DDL.
+pub unsafe fn ensure_metapage(rel: pg_sys::Relation) {
+    if nblocks(rel) > 0 {
+        return;
+    }
+    pg_sys::LockRelationForExtension(rel, pg_sys::ExclusiveLock as i32);
+    // Guard the extension lock so that an ERROR below cannot leave it held past the guard.
+    struct ExtLock(pg_sys::Relation);
+    impl Drop for ExtLock {
+        fn drop(&mut self) {
+            // SAFETY: we took the extension lock on this open relation.
+            unsafe { pg_sys::UnlockRelationForExtension(self.0, pg_sys::ExclusiveLock as i32) }
+        }
+    }
+    let _ext = ExtLock(rel);
+    if nblocks(rel) == 0 {
+        let b = extend_locked(rel, std::ptr::null_mut());
+        assert_eq!(b.block(), 0);
+        wal::init_metapage(rel, &b, 0);
+    }
+}
+
+/// Largest row a data page takes.
+pub const MAX_ROW_SIZE: usize =
+    page::SPECIAL_OFFSET - page::PAGE_HEADER_SIZE - page::ITEM_ID_SIZE;
+
+/// Space a row needs on a page, line pointer included.
+pub fn space_needed(len: usize) -> usize {
+    len.next_multiple_of(8) + page::ITEM_ID_SIZE
+}
+
+/// Whether a data page takes another row of `len` bytes.
+pub fn fits(p: &[u8], len: usize) -> bool {
+    let lps = page::line_pointer_count(p);
+    let free = page::pd_upper(p) - page::pd_lower(p);
+    if lps >= page::MAX_ROWS_PER_PAGE {
+        // Only a recycled line pointer can take the row.
+        return false;
+    }
+    free >= space_needed(len)
+}
+
+/// An exclusively locked page with room for a row of `len` bytes; `format` says that it is
+/// new and must be formatted as a data page by the caller's WAL record.
+pub struct Target {
+    pub buf: LockedBuffer,
+    pub format: bool,
+}
+
+/// Finds a data page with room for `len` bytes: the relation's cached target block, then the
+/// free space map, then a new block.
+///
+/// # Safety
+/// `rel` must be open with at least RowExclusiveLock.
+pub unsafe fn find_room(
+    rel: pg_sys::Relation,
+    len: usize,
+    strategy: pg_sys::BufferAccessStrategy,
+) -> Target {
+    ensure_metapage(rel);
+    let smgr = pg_sys::RelationGetSmgr(rel);
+    let mut blk = (*smgr).smgr_targblock;
+    let nblocks = nblocks(rel);
+    if blk == pg_sys::InvalidBlockNumber || blk >= nblocks || blk == 0 {
+        blk = pg_sys::GetPageWithFreeSpace(rel, space_needed(len));
+    }
+    let mut tries = 0;
+    while blk != pg_sys::InvalidBlockNumber && blk != 0 && blk < nblocks && tries < 8 {
+        tries += 1;
+        let b = LockedBuffer::read(rel, blk, Lock::Exclusive, strategy);
+        let p = b.page();
+        if page::is_new(p) {
+            (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = blk;
+            return Target {
+                buf: b,
+                format: true,
+            };
+        }
+        if let Err(e) = page::verify(p) {
+            report_corrupt(rel, blk, &e)
+        }
+        if page::kind(p) == Some(PageKind::Data) && fits(p, len) {
+            (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = blk;
+            return Target {
+                buf: b,
+                format: false,
+            };
+        }
+        let free = if page::kind(p) == Some(PageKind::Data) {
+            page::free_space(p)
+        } else {
+            0
+        };
+        drop(b);
+        blk = pg_sys::RecordAndGetPageWithFreeSpace(rel, blk, free, space_needed(len));
+    }
+    // Extend.
+    pg_sys::LockRelationForExtension(rel, pg_sys::ExclusiveLock as i32);
+    let b = extend_locked(rel, strategy);
+    pg_sys::UnlockRelationForExtension(rel, pg_sys::ExclusiveLock as i32);
+    (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = b.block();
+    Target {
+        buf: b,
+        format: true,
+    }
+}
+
+/// Tells the free space map what is left on a page we filled.
+pub fn record_free(rel: pg_sys::Relation, blk: u32, p: &[u8]) {
+    // SAFETY: rel is open.
+    unsafe { pg_sys::RecordPageWithFreeSpace(rel, blk, page::free_space(p)) }
+}
