@@ -18,7 +18,6 @@ pub mod sql_api;
 pub mod storage;
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pgrx::pg_schema]
 mod tests;
 
 /// Required by `cargo pgrx test`.

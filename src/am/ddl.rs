@@ -68,10 +68,39 @@ pub unsafe extern "C-unwind" fn relation_copy_data(
     pg_sys::smgrclose(dst);
 }
 
-/// Copies a stored row (version header included) into `new_rel`.
-unsafe fn copy_row(new_rel: pg_sys::Relation, row: &[u8]) {
-    let target = pages::find_room(new_rel, row.len(), std::ptr::null_mut());
-    wal::add_rows(new_rel, &target.buf, target.format, &[row]);
+/// Copies a stored row into `new`, keeping its version header: deformed with the old
+/// descriptor (which supplies `ADD COLUMN` defaults the row does not store) and formed again
+/// with the new one (dropped columns become NULL), TOASTed into the new table's TOAST
+/// relation, like heap's rewrite.
+unsafe fn copy_row(old: pg_sys::Relation, new: pg_sys::Relation, row: &[u8]) {
+    let old_desc = (*old).rd_att;
+    let new_desc = (*new).rd_att;
+    let natts = (*new_desc).natts as usize;
+    let mut values = vec![pg_sys::Datum::from(0usize); natts.max((*old_desc).natts as usize)];
+    let mut isnull = vec![true; values.len()];
+    let mut tup = pg_sys::HeapTupleData {
+        t_len: row.len() as u32,
+        t_data: row.as_ptr() as pg_sys::HeapTupleHeader,
+        ..Default::default()
+    };
+    pg_sys::heap_deform_tuple(&mut tup, old_desc, values.as_mut_ptr(), isnull.as_mut_ptr());
+    for i in 0..natts {
+        if (*(*new_desc).attrs.as_ptr().add(i)).attisdropped {
+            isnull[i] = true;
+        }
+    }
+    let formed = pg_sys::heap_form_tuple(new_desc, values.as_mut_ptr(), isnull.as_mut_ptr());
+    let h = torii_core::row::RowHeader::read(row);
+    let bytes = super::modify::form_stored_row(
+        new,
+        formed,
+        h.xid,
+        h.cid,
+        pg_sys::HEAP_INSERT_SKIP_FSM as i32,
+    );
+    pg_sys::heap_freetuple(formed);
+    let target = pages::find_room(new, bytes.len(), std::ptr::null_mut());
+    wal::add_rows(new, &target.buf, target.format, &[&bytes]);
 }
 
 #[pg_guard]
@@ -105,7 +134,7 @@ pub unsafe extern "C-unwind" fn relation_copy_for_cluster(
             let row =
                 std::slice::from_raw_parts((*tup).t_data as *const u8, (*tup).t_len as usize);
             if build.sees(row) {
-                copy_row(new, row);
+                copy_row(old, new, row);
                 *num_tuples += 1.0;
             } else {
                 *tups_vacuumed += 1.0;
@@ -133,7 +162,7 @@ pub unsafe extern "C-unwind" fn relation_copy_for_cluster(
             }
             let row = &copy[lp.off..lp.off + lp.len];
             if build.sees(row) {
-                copy_row(new, row);
+                copy_row(old, new, row);
                 *num_tuples += 1.0;
             } else {
                 *tups_vacuumed += 1.0;

@@ -26,6 +26,21 @@ unsafe fn prepare_row(
     let tup = pg_sys::ExecFetchSlotHeapTuple(slot, true, &mut should_free);
     (*slot).tts_tableOid = (*rel).rd_id;
     (*tup).t_tableOid = (*rel).rd_id;
+    PreparedRow {
+        bytes: form_stored_row(rel, tup, xid, cid, options),
+        slot_tuple: tup,
+    }
+}
+
+/// The bytes to store for heap tuple `tup` in `rel`: TOASTed like heap does (into `rel`'s
+/// TOAST table) and stamped with the version header.
+pub unsafe fn form_stored_row(
+    rel: pg_sys::Relation,
+    tup: pg_sys::HeapTuple,
+    xid: u64,
+    cid: pg_sys::CommandId,
+    options: i32,
+) -> Vec<u8> {
     let has_external = (*(*tup).t_data).t_infomask & pg_sys::HEAP_HASEXTERNAL as u16 != 0;
     let stored = if (*(*rel).rd_rel).relkind as u8 != pg_sys::RELKIND_TOASTVALUE
         && (has_external || (*tup).t_len > TOAST_TUPLE_THRESHOLD)
@@ -53,10 +68,7 @@ unsafe fn prepare_row(
             )
         );
     }
-    PreparedRow {
-        bytes: v,
-        slot_tuple: tup,
-    }
+    v
 }
 
 /// The writer's full transaction id (assigning one if needed).

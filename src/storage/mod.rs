@@ -6,6 +6,7 @@
 
 pub mod buffer;
 pub mod pages;
+pub mod undo;
 pub mod wal;
 
 use pgrx::pg_sys;

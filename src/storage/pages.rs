@@ -88,6 +88,18 @@ pub fn nblocks(rel: pg_sys::Relation) -> u32 {
     unsafe { pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) }
 }
 
+/// Extends the relation by one block, returned exclusively locked (to be formatted by the
+/// caller's WAL record).
+///
+/// # Safety
+/// `rel` must be open.
+pub unsafe fn extend(rel: pg_sys::Relation, strategy: pg_sys::BufferAccessStrategy) -> LockedBuffer {
+    pg_sys::LockRelationForExtension(rel, pg_sys::ExclusiveLock as i32);
+    let b = extend_locked(rel, strategy);
+    pg_sys::UnlockRelationForExtension(rel, pg_sys::ExclusiveLock as i32);
+    b
+}
+
 /// Extends the relation by one block, returned exclusively locked. Called with the extension
 /// lock held.
 unsafe fn extend_locked(
@@ -140,6 +152,11 @@ pub fn fits(p: &[u8], len: usize) -> bool {
         return false;
     }
     free >= space_needed(len)
+}
+
+/// Whether an undo page takes another record of `len` bytes (no slot limit there).
+pub fn fits_undo(p: &[u8], len: usize) -> bool {
+    page::pd_upper(p) - page::pd_lower(p) >= space_needed(len)
 }
 
 /// An exclusively locked page with room for a row of `len` bytes; `format` says that it is
@@ -196,10 +213,7 @@ pub unsafe fn find_room(
         drop(b);
         blk = pg_sys::RecordAndGetPageWithFreeSpace(rel, blk, free, space_needed(len));
     }
-    // Extend.
-    pg_sys::LockRelationForExtension(rel, pg_sys::ExclusiveLock as i32);
-    let b = extend_locked(rel, strategy);
-    pg_sys::UnlockRelationForExtension(rel, pg_sys::ExclusiveLock as i32);
+    let b = extend(rel, strategy);
     (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = b.block();
     Target {
         buf: b,

@@ -13,6 +13,7 @@
 
 use super::buffer::{Lock, LockedBuffer};
 use pgrx::pg_sys;
+use torii_core::row::UndoPtr;
 use torii_core::{meta::Meta, page, page::PageKind};
 
 /// An open generic WAL record over at most 4 buffers.
@@ -121,4 +122,131 @@ pub fn add_rows(
     }
     e.finish();
     offs
+}
+
+/// Writes `bytes` over item `off` of a locked page image: same-size or shorter rows are
+/// zero-padded to the item's current length (items never shrink while a change may still be
+/// rolled back, so restoring an older image always fits); longer rows grow the item with
+/// `PageIndexTupleOverwrite`, the caller having checked the page has room.
+fn overwrite_item(img: &mut [u8], off: u16, bytes: &[u8]) {
+    let lp = page::line_pointer(img, off as usize);
+    if bytes.len() <= lp.len {
+        img[lp.off..lp.off + bytes.len()].copy_from_slice(bytes);
+        img[lp.off + bytes.len()..lp.off + lp.len].fill(0);
+    } else {
+        // SAFETY: img is a page image with a valid header and item `off` has storage.
+        let ok = unsafe {
+            pg_sys::PageIndexTupleOverwrite(
+                img.as_mut_ptr() as pg_sys::Page,
+                off,
+                bytes.as_ptr() as pg_sys::Item,
+                bytes.len(),
+            )
+        };
+        if !ok {
+            pgrx::error!("torii: failed to grow row {off} to {} bytes", bytes.len());
+        }
+    }
+}
+
+/// Room a row at `off` needs to grow to `len` bytes on this page.
+pub fn growth_needed(p: &[u8], off: u16, len: usize) -> usize {
+    let lp = page::line_pointer(p, off as usize);
+    len.next_multiple_of(8).saturating_sub(lp.len.next_multiple_of(8))
+}
+
+/// Appends undo record `record` (reserved space `space`) and writes `new_row` (built by
+/// `make_row` from the record's undo pointer) over row `off` of the locked data page: one WAL
+/// record over the data page, the undo tail, and — when a new undo page is linked in — that
+/// page and the metapage.
+pub fn change_row(
+    rel: pg_sys::Relation,
+    data: &LockedBuffer,
+    off: u16,
+    space: &super::undo::UndoSpace,
+    record: &[u8],
+    make_row: impl FnOnce(UndoPtr) -> Vec<u8>,
+) -> UndoPtr {
+    // SAFETY: rel is open; every registered buffer is exclusively locked by its guard.
+    let mut e = unsafe { PageEdit::start(rel) };
+    let di = e.register(data, false);
+    let ptr = match (&space.tail, &space.new_page) {
+        (Some(t), None) => {
+            let ti = e.register(t, false);
+            let o = add_item(e.page(ti), record);
+            UndoPtr {
+                blk: t.block(),
+                off: o,
+            }
+        }
+        (tail, Some(np)) => {
+            let ni = e.register(np, true);
+            page::init_page(e.page(ni), PageKind::Undo);
+            let o = add_item(e.page(ni), record);
+            let new_blk = np.block();
+            if let Some(t) = tail {
+                let ti = e.register(t, false);
+                page::set_next(e.page(ti), new_blk);
+            }
+            let meta = space.meta.as_ref().expect("a new undo page comes with the metapage");
+            let mi = e.register(meta, false);
+            let mp = e.page(mi);
+            let mut m = Meta::read(mp);
+            if m.undo_head == page::NO_BLOCK {
+                m.undo_head = new_blk;
+            }
+            m.undo_tail = new_blk;
+            m.write(mp);
+            UndoPtr {
+                blk: new_blk,
+                off: o,
+            }
+        }
+        (None, None) => unreachable!("undo space always has a page"),
+    };
+    let row = make_row(ptr);
+    overwrite_item(e.page(di), off, &row);
+    e.finish();
+    ptr
+}
+
+/// Adds an item to a page image, returning its offset.
+fn add_item(img: &mut [u8], item: &[u8]) -> u16 {
+    // SAFETY: img is a page image with a valid header.
+    let o = unsafe {
+        pg_sys::PageAddItemExtended(
+            img.as_mut_ptr() as pg_sys::Page,
+            item.as_ptr() as pg_sys::Item,
+            item.len(),
+            pg_sys::InvalidOffsetNumber,
+            0,
+        )
+    };
+    if o == pg_sys::InvalidOffsetNumber {
+        pgrx::error!("torii: failed to add an item of {} bytes", item.len());
+    }
+    o
+}
+
+/// Overwrites row `off` without an undo record: rollback on touch (restoring an aborted
+/// change's previous image), confirming a speculative insertion, marking a row locked.
+pub fn overwrite_row(rel: pg_sys::Relation, data: &LockedBuffer, off: u16, bytes: &[u8]) {
+    // SAFETY: rel is open; data is exclusively locked.
+    let mut e = unsafe { PageEdit::start(rel) };
+    let di = e.register(data, false);
+    overwrite_item(e.page(di), off, bytes);
+    e.finish();
+}
+
+/// Marks row `off` dead (a speculative insertion that lost, an aborted insert): no snapshot
+/// sees it any more, and its line pointer stays until the indexes forget it.
+pub fn kill_row(rel: pg_sys::Relation, data: &LockedBuffer, off: u16) {
+    // SAFETY: rel is open; data is exclusively locked.
+    let mut e = unsafe { PageEdit::start(rel) };
+    let di = e.register(data, false);
+    let img = e.page(di);
+    let mut lp = page::line_pointer(img, off as usize);
+    lp.flags = page::LP_DEAD;
+    page::set_line_pointer(img, off as usize, lp);
+    e.finish();
 }

@@ -8,4 +8,5 @@
 pub mod meta;
 pub mod page;
 pub mod row;
+pub mod undo;
 pub mod visibility;

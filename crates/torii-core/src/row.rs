@@ -14,7 +14,7 @@
 //! | 12 | 4 | `undo_blk`  | undo pointer to the previous version: block of the undo record |
 //! | 16 | 2 | `undo_off`  | ... and its byte offset in that block; 0 = no previous version |
 //! | 18 | 2 | `infomask2` | number of attributes (low 11 bits), as heap |
-//! | 20 | 2 | `infomask`  | `HASNULL` 0x1, `HASVARWIDTH` 0x2, `HASEXTERNAL` 0x4 as heap; torii flags above |
+//! | 20 | 2 | `infomask`  | `HASNULL` 0x1, `HASVARWIDTH` 0x2, `HASEXTERNAL` 0x4 as heap; torii flags `DELETED` 0x1000, `MOVED` 0x2000, `LOCKED` 0x4000, `SPECULATIVE` 0x8000 |
 //! | 22 | 1 | `hoff`      | offset of the column data, as heap (MAXALIGN(23 + null bitmap)) |
 //! | 23 | n | null bitmap, as heap | |
 //!
@@ -46,8 +46,11 @@ pub const FLAG_DELETED: u16 = 0x1000;
 pub const FLAG_MOVED: u16 = 0x2000;
 /// The row carries a lock taken by `xid` (the lock record is in undo).
 pub const FLAG_LOCKED: u16 = 0x4000;
+/// The row was inserted speculatively (INSERT ... ON CONFLICT) and not yet confirmed; its
+/// undo pointer's block field holds the speculative insertion token.
+pub const FLAG_SPECULATIVE: u16 = 0x8000;
 /// Every torii flag.
-pub const TORII_FLAGS: u16 = FLAG_DELETED | FLAG_MOVED | FLAG_LOCKED;
+pub const TORII_FLAGS: u16 = FLAG_DELETED | FLAG_MOVED | FLAG_LOCKED | FLAG_SPECULATIVE;
 /// Bits of `infomask2` that hold the attribute count.
 pub const NATTS_MASK: u16 = 0x07ff;
 
@@ -118,6 +121,9 @@ impl RowHeader {
     pub fn is_locked(&self) -> bool {
         self.infomask & FLAG_LOCKED != 0
     }
+    pub fn is_speculative(&self) -> bool {
+        self.infomask & FLAG_SPECULATIVE != 0
+    }
 }
 
 /// Turns the bytes of a heap tuple (as formed by `heap_form_tuple`, header included) into a
@@ -139,6 +145,23 @@ pub fn stamp_heap_tuple(buf: &mut Vec<u8>, xid: u64, cid: u32) -> Result<usize, 
         buf.resize(min, 0);
     }
     Ok(buf.len())
+}
+
+/// The forwarding TID of a row that moved away (kept in place of its data, whose image is in
+/// undo): block and offset.
+pub fn forward_tid(row: &[u8]) -> (u32, u16) {
+    let h = row[HOFF_OFFSET] as usize;
+    (
+        u32::from_ne_bytes(row[h..h + 4].try_into().unwrap()),
+        u16::from_ne_bytes([row[h + 4], row[h + 5]]),
+    )
+}
+
+/// Stores the forwarding TID of a row that moved away.
+pub fn set_forward_tid(row: &mut [u8], blk: u32, off: u16) {
+    let h = row[HOFF_OFFSET] as usize;
+    row[h..h + 4].copy_from_slice(&blk.to_ne_bytes());
+    row[h + 4..h + 6].copy_from_slice(&off.to_ne_bytes());
 }
 
 /// What is wrong with a stored row.
@@ -230,6 +253,15 @@ mod tests {
         let r = RowHeader::read(&t);
         assert_eq!(r, h);
         assert!(r.is_deleted() && r.is_moved() && !r.is_locked());
+    }
+
+    #[test]
+    fn forwarding_tid_round_trip() {
+        let mut t = heap_tuple(1, false, &[1]);
+        stamp_heap_tuple(&mut t, 1, 0).unwrap();
+        set_forward_tid(&mut t, 77_000, 12);
+        assert_eq!(forward_tid(&t), (77_000, 12));
+        assert_eq!(validate(&t).unwrap().natts(), 1);
     }
 
     #[test]
