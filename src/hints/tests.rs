@@ -321,6 +321,46 @@ mod tests {
         assert_eq!(status_of(&rep, "Set(no_such_guc 1)"), "error");
     }
 
+    #[pg_test]
+    fn leading_with_outer_joins() {
+        setup();
+        let q = "SELECT * FROM t1 LEFT JOIN (t2 JOIN t3 ON t3.t2_id = t2.id) ON t1.id = t2.t1_id";
+        // a legal order is followed
+        check("Leading(((t2 t3) t1))", q, &["Join", "on t"]);
+        let rep = report(&format!("/*+ Leading(((t2 t3) t1)) */ {q}"));
+        assert_eq!(status_of(&rep, "Leading(((t2 t3) t1))"), "used", "{rep:?}");
+        // an impossible one is reported and the query still plans
+        let rep = report(&format!("/*+ Leading(((t1 t3) t2)) */ {q}"));
+        assert_eq!(
+            status_of(&rep, "Leading(((t1 t3) t2))"),
+            "not used",
+            "{rep:?}"
+        );
+        let p = plan(&format!(
+            "/*+ Leading(((t1 t3) t2)) HashJoin(t2 t3) */ EXPLAIN (COSTS OFF) {q}"
+        ));
+        assert!(p.contains("Hash"), "{p}");
+    }
+
+    #[pg_test]
+    fn hints_in_plpgsql() {
+        setup();
+        Spi::run(
+            "CREATE FUNCTION hinted_plan() RETURNS text LANGUAGE plpgsql AS $f$
+             DECLARE r text;
+             BEGIN
+               FOR r IN EXECUTE '/*+ SeqScan(t1) */ EXPLAIN (COSTS OFF) SELECT * FROM t1 WHERE id = 5' LOOP
+                 RETURN r;
+               END LOOP;
+             END $f$",
+        )
+        .unwrap();
+        let p = Spi::get_one::<String>("SELECT hinted_plan()")
+            .unwrap()
+            .unwrap();
+        assert!(p.contains("Seq Scan on t1"), "{p}");
+    }
+
     // ------------------------------------------------------------- reporting
 
     #[pg_test]
