@@ -6,6 +6,7 @@
 //! * [`storage`]: those formats applied to PostgreSQL's buffers, with generic WAL.
 //! * [`am`]: the `TableAmRoutine` callbacks, grouped by kind (scan, modify, fetch, DDL, index).
 //! * [`sql_api`]: SQL functions in schema `torii`.
+//! * `hints`: planner hints (`torii-hints` parses them, pgrx-free).
 
 pgrx::pg_module_magic!();
 
@@ -13,9 +14,16 @@ pgrx::pg_module_magic!();
 pub(crate) use pgrx::pg_sys::ffi;
 
 pub mod am;
+mod hints;
 pub mod pg_extra;
 pub mod sql_api;
 pub mod storage;
+
+/// Loads torii: installs the planner-hint hooks (see docs/hints.md).
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    hints::init();
+}
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
