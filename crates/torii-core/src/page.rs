@@ -70,6 +70,14 @@ pub enum PageKind {
     Undo = 3,
     /// A page on the free list, ready for reuse.
     Free = 4,
+    /// torii_btree metapage (block 0 of an index).
+    BtreeMeta = 5,
+    /// torii_btree leaf page.
+    BtreeLeaf = 6,
+    /// torii_btree internal page.
+    BtreeInternal = 7,
+    /// torii_btree page deleted and waiting for reuse.
+    BtreeDeleted = 8,
 }
 
 impl PageKind {
@@ -79,6 +87,10 @@ impl PageKind {
             2 => Some(PageKind::Data),
             3 => Some(PageKind::Undo),
             4 => Some(PageKind::Free),
+            5 => Some(PageKind::BtreeMeta),
+            6 => Some(PageKind::BtreeLeaf),
+            7 => Some(PageKind::BtreeInternal),
+            8 => Some(PageKind::BtreeDeleted),
             _ => None,
         }
     }
@@ -89,6 +101,10 @@ impl PageKind {
             PageKind::Data => "data",
             PageKind::Undo => "undo",
             PageKind::Free => "free",
+            PageKind::BtreeMeta => "btree meta",
+            PageKind::BtreeLeaf => "btree leaf",
+            PageKind::BtreeInternal => "btree internal",
+            PageKind::BtreeDeleted => "btree deleted",
         }
     }
 }
