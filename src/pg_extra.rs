@@ -33,6 +33,25 @@ unsafe extern "C-unwind" {
         blkno: pg_sys::BlockNumber,
     );
     /// storage/predicate.h
+    pub fn CheckForSerializableConflictOut(
+        rel: pg_sys::Relation,
+        xid: pg_sys::TransactionId,
+        snapshot: pg_sys::Snapshot,
+    );
+    /// access/heaptoast.h
+    pub fn heap_toast_delete(
+        rel: pg_sys::Relation,
+        oldtup: pg_sys::HeapTuple,
+        is_speculative: bool,
+    );
+    /// utils/datum.h
+    pub fn datumIsEqual(
+        value1: pg_sys::Datum,
+        value2: pg_sys::Datum,
+        typByVal: bool,
+        typLen: i32,
+    ) -> bool;
+    /// storage/predicate.h
     pub fn PredicateLockRelation(rel: pg_sys::Relation, snapshot: pg_sys::Snapshot);
     /// storage/predicate.h
     pub fn PredicateLockTID(

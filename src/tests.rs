@@ -32,11 +32,54 @@ mod tests {
         Spi::run("SELECT * FROM torii.verify('h')").unwrap();
     }
 
-    #[pg_test(error = "torii: UPDATE is not supported yet on torii tables")]
-    fn update_is_an_explicit_error() {
-        Spi::run("CREATE TABLE u (id int) USING torii").unwrap();
-        Spi::run("INSERT INTO u VALUES (1)").unwrap();
-        Spi::run("UPDATE u SET id = 2").unwrap();
+    #[pg_test]
+    fn update_in_place_and_cold_and_delete() {
+        Spi::run("CREATE TABLE u (id int PRIMARY KEY, n int, t text) USING torii").unwrap();
+        Spi::run("INSERT INTO u SELECT g, 0, 'x' FROM generate_series(1, 500) g").unwrap();
+        let ctid = |q: &str| Spi::get_one::<String>(q).unwrap().unwrap();
+        let before = ctid("SELECT ctid::text FROM u WHERE id = 10");
+        Spi::run("UPDATE u SET n = n + 1").unwrap();
+        assert_eq!(
+            ctid("SELECT ctid::text FROM u WHERE id = 10"),
+            before,
+            "in place"
+        );
+        Spi::run("UPDATE u SET id = id + 1000 WHERE id = 10").unwrap();
+        assert_ne!(
+            ctid("SELECT ctid::text FROM u WHERE id = 1010"),
+            before,
+            "cold update moves"
+        );
+        Spi::run("DELETE FROM u WHERE id <= 5").unwrap();
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT sum(n) FROM u").unwrap(),
+            Some(495),
+            "495 rows with n = 1"
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM u WHERE id = 10").unwrap(),
+            Some(0)
+        );
+    }
+
+    #[pg_test]
+    fn rolled_back_updates_are_undone_on_touch() {
+        Spi::run("CREATE TABLE rb (id int, n int) USING torii").unwrap();
+        Spi::run("INSERT INTO rb SELECT g, g FROM generate_series(1, 100) g").unwrap();
+        Spi::run(
+            "DO $$ BEGIN BEGIN UPDATE rb SET n = -1; DELETE FROM rb WHERE id > 50; \
+             RAISE EXCEPTION 'x'; EXCEPTION WHEN OTHERS THEN NULL; END; END $$",
+        )
+        .unwrap();
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT sum(n) FROM rb").unwrap(),
+            Some(5050)
+        );
+        Spi::run("UPDATE rb SET n = n + 1").unwrap();
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT sum(n) FROM rb").unwrap(),
+            Some(5150)
+        );
     }
 
     #[pg_test]
@@ -48,6 +91,9 @@ mod tests {
              EXCEPTION WHEN OTHERS THEN NULL; END; END $$",
         )
         .unwrap();
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM r").unwrap(), Some(1));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM r").unwrap(),
+            Some(1)
+        );
     }
 }

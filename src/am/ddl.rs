@@ -1,12 +1,11 @@
 //! Relation-level callbacks: storage creation, TRUNCATE, SET TABLESPACE, VACUUM FULL/CLUSTER,
 //! VACUUM, sizes and planner estimates, TOAST.
 
-use super::visibility::{Snap, BUILD};
+use super::visibility::{Snap, Version, BUILD};
 use crate::storage::{pages, wal};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use torii_core::page::{self, PageKind};
-
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn relation_set_new_filenode(
@@ -94,6 +93,7 @@ unsafe fn copy_row(old: pg_sys::Relation, new: pg_sys::Relation, row: &[u8]) {
     let bytes = super::modify::form_stored_row(
         new,
         formed,
+        std::ptr::null_mut(),
         h.xid,
         h.cid,
         pg_sys::HEAP_INSERT_SKIP_FSM as i32,
@@ -101,6 +101,30 @@ unsafe fn copy_row(old: pg_sys::Relation, new: pg_sys::Relation, row: &[u8]) {
     pg_sys::heap_freetuple(formed);
     let target = pages::find_room(new, bytes.len(), std::ptr::null_mut());
     wal::add_rows(new, &target.buf, target.format, &[&bytes]);
+}
+
+/// Copies the version of `row` whose writer did not abort (if any) and counts it. The copy
+/// has no undo: snapshots older than the rewrite lose older versions, as they lose rows
+/// after TRUNCATE.
+unsafe fn copy_version(
+    old: pg_sys::Relation,
+    new: pg_sys::Relation,
+    build: &Snap,
+    row: &[u8],
+    num_tuples: *mut f64,
+    tups_vacuumed: *mut f64,
+) {
+    match build.resolve(old, row) {
+        Version::None => *tups_vacuumed += 1.0,
+        Version::Current(r) => {
+            copy_row(old, new, r);
+            *num_tuples += 1.0;
+        }
+        Version::Old(img) => {
+            copy_row(old, new, &img);
+            *num_tuples += 1.0;
+        }
+    }
 }
 
 #[pg_guard]
@@ -127,18 +151,13 @@ pub unsafe extern "C-unwind" fn relation_copy_for_cluster(
         let iscan = pg_sys::index_beginscan(old, old_index, &raw mut pg_sys::SnapshotAnyData, 0, 0);
         pg_sys::index_rescan(iscan, std::ptr::null_mut(), 0, std::ptr::null_mut(), 0);
         let build = Snap::of_kind(BUILD);
-        while pg_sys::index_getnext_slot(iscan, pg_sys::ScanDirection::ForwardScanDirection, slot)
-        {
+        while pg_sys::index_getnext_slot(iscan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
             let mut should_free = false;
             let tup = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
-            let row =
-                std::slice::from_raw_parts((*tup).t_data as *const u8, (*tup).t_len as usize);
-            if build.sees(row) {
-                copy_row(old, new, row);
-                *num_tuples += 1.0;
-            } else {
-                *tups_vacuumed += 1.0;
-            }
+            // The index scan with SnapshotAny returned the stored row; copy the version
+            // whose writer did not abort.
+            let row = std::slice::from_raw_parts((*tup).t_data as *const u8, (*tup).t_len as usize);
+            copy_version(old, new, &build, row, num_tuples, tups_vacuumed);
             if should_free {
                 pg_sys::heap_freetuple(tup);
             }
@@ -161,24 +180,9 @@ pub unsafe extern "C-unwind" fn relation_copy_for_cluster(
                 continue;
             }
             let row = &copy[lp.off..lp.off + lp.len];
-            if build.sees(row) {
-                copy_row(old, new, row);
-                *num_tuples += 1.0;
-            } else {
-                *tups_vacuumed += 1.0;
-            }
+            copy_version(old, new, &build, row, num_tuples, tups_vacuumed);
         }
     }
-}
-
-#[pg_guard]
-pub unsafe extern "C-unwind" fn relation_vacuum(
-    _rel: pg_sys::Relation,
-    _params: *mut pg_sys::VacuumParams,
-    _bstrategy: pg_sys::BufferAccessStrategy,
-) {
-    // Rows are only inserted so far: nothing to reclaim but aborted inserts, which undo
-    // discard will handle.
 }
 
 #[pg_guard]

@@ -3,7 +3,7 @@
 //! The row is copied out of the page under the share lock into the slot's own memory, since
 //! in-place updates may change the shared page as soon as the lock is released.
 
-use super::visibility::Snap;
+use super::visibility::{Snap, Version};
 use crate::storage::buffer::Lock;
 use crate::storage::{pages, tid_parts};
 use pgrx::pg_sys;
@@ -39,11 +39,17 @@ unsafe fn fetch_into(
             &page::PageError::Malformed(format!("row {off}: {e}")),
         );
     }
-    if !snap.sees(row) {
-        return false;
+    match snap.resolve(rel, row) {
+        Version::None => false,
+        Version::Current(r) => {
+            store_copy(rel, r, *tid, slot);
+            true
+        }
+        Version::Old(img) => {
+            store_copy(rel, &img, *tid, slot);
+            true
+        }
     }
-    store_copy(rel, row, *tid, slot);
-    true
 }
 
 /// Stores a palloc'd copy of `row` in `slot` (freed with the slot's contents).
@@ -161,7 +167,7 @@ pub unsafe extern "C-unwind" fn tuple_satisfies_snapshot(
     if lp.flags != LP_NORMAL {
         return false;
     }
-    Snap::new(snapshot).sees(&p[lp.off..lp.off + lp.len])
+    Snap::new(snapshot).sees(rel, &p[lp.off..lp.off + lp.len])
 }
 
 #[pg_guard]

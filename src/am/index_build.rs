@@ -116,11 +116,8 @@ pub unsafe extern "C-unwind" fn index_build_range_scan(
     let mut isnull = [false; pg_sys::INDEX_MAX_KEYS as usize];
     let mut reltuples = 0.0;
     let mut last_block = pg_sys::InvalidBlockNumber;
-    while super::scan::scan_getnextslot(
-        scan,
-        pg_sys::ScanDirection::ForwardScanDirection,
-        st.slot,
-    ) {
+    while super::scan::scan_getnextslot(scan, pg_sys::ScanDirection::ForwardScanDirection, st.slot)
+    {
         pgrx::check_for_interrupts!();
         if progress && ts.cur_block != last_block {
             last_block = ts.cur_block;
@@ -181,11 +178,8 @@ pub unsafe extern "C-unwind" fn index_validate_scan(
     let mut isnull = [false; pg_sys::INDEX_MAX_KEYS as usize];
     let mut indexed: Option<(u32, u16)> = None;
     let mut sort_done = false;
-    while super::scan::scan_getnextslot(
-        scan,
-        pg_sys::ScanDirection::ForwardScanDirection,
-        st.slot,
-    ) {
+    while super::scan::scan_getnextslot(scan, pg_sys::ScanDirection::ForwardScanDirection, st.slot)
+    {
         pgrx::check_for_interrupts!();
         (*state).htups += 1.0;
         let here = crate::storage::tid_parts(&(*st.slot).tts_tid);

@@ -7,13 +7,17 @@ pub mod fetch;
 pub mod index_build;
 pub mod modify;
 pub mod scan;
+pub mod vacuum;
 pub mod visibility;
+pub mod write;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 #[pg_guard]
-unsafe extern "C-unwind" fn slot_callbacks(_rel: pg_sys::Relation) -> *const pg_sys::TupleTableSlotOps {
+unsafe extern "C-unwind" fn slot_callbacks(
+    _rel: pg_sys::Relation,
+) -> *const pg_sys::TupleTableSlotOps {
     // Rows are heap-format tuples (see torii_core::row), copied out of the page.
     &raw const pg_sys::TTSOpsHeapTuple
 }
@@ -41,18 +45,18 @@ static ROUTINE: pg_sys::TableAmRoutine = pg_sys::TableAmRoutine {
     tuple_satisfies_snapshot: Some(fetch::tuple_satisfies_snapshot),
     index_delete_tuples: Some(fetch::index_delete_tuples),
     tuple_insert: Some(modify::tuple_insert),
-    tuple_insert_speculative: Some(modify::tuple_insert_speculative),
-    tuple_complete_speculative: Some(modify::tuple_complete_speculative),
+    tuple_insert_speculative: Some(write::tuple_insert_speculative),
+    tuple_complete_speculative: Some(write::tuple_complete_speculative),
     multi_insert: Some(modify::multi_insert),
-    tuple_delete: Some(modify::tuple_delete),
-    tuple_update: Some(modify::tuple_update),
-    tuple_lock: Some(modify::tuple_lock),
+    tuple_delete: Some(write::tuple_delete),
+    tuple_update: Some(write::tuple_update),
+    tuple_lock: Some(write::tuple_lock),
     finish_bulk_insert: Some(modify::finish_bulk_insert),
     relation_set_new_filenode: Some(ddl::relation_set_new_filenode),
     relation_nontransactional_truncate: Some(ddl::relation_nontransactional_truncate),
     relation_copy_data: Some(ddl::relation_copy_data),
     relation_copy_for_cluster: Some(ddl::relation_copy_for_cluster),
-    relation_vacuum: Some(ddl::relation_vacuum),
+    relation_vacuum: Some(vacuum::relation_vacuum),
     scan_analyze_next_block: Some(scan::scan_analyze_next_block),
     scan_analyze_next_tuple: Some(scan::scan_analyze_next_tuple),
     index_build_range_scan: Some(index_build::index_build_range_scan),

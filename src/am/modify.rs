@@ -27,7 +27,7 @@ unsafe fn prepare_row(
     (*slot).tts_tableOid = (*rel).rd_id;
     (*tup).t_tableOid = (*rel).rd_id;
     PreparedRow {
-        bytes: form_stored_row(rel, tup, xid, cid, options),
+        bytes: form_stored_row(rel, tup, std::ptr::null_mut(), xid, cid, options),
         slot_tuple: tup,
     }
 }
@@ -37,20 +37,22 @@ unsafe fn prepare_row(
 pub unsafe fn form_stored_row(
     rel: pg_sys::Relation,
     tup: pg_sys::HeapTuple,
+    old: pg_sys::HeapTuple,
     xid: u64,
     cid: pg_sys::CommandId,
     options: i32,
 ) -> Vec<u8> {
-    let has_external = (*(*tup).t_data).t_infomask & pg_sys::HEAP_HASEXTERNAL as u16 != 0;
+    let external = |t: pg_sys::HeapTuple| {
+        !t.is_null() && (*(*t).t_data).t_infomask & pg_sys::HEAP_HASEXTERNAL as u16 != 0
+    };
     let stored = if (*(*rel).rd_rel).relkind as u8 != pg_sys::RELKIND_TOASTVALUE
-        && (has_external || (*tup).t_len > TOAST_TUPLE_THRESHOLD)
+        && (external(tup) || external(old) || (*tup).t_len > TOAST_TUPLE_THRESHOLD)
     {
-        crate::pg_extra::heap_toast_insert_or_update(rel, tup, std::ptr::null_mut(), options)
+        crate::pg_extra::heap_toast_insert_or_update(rel, tup, old, options)
     } else {
         tup
     };
-    let bytes =
-        std::slice::from_raw_parts((*stored).t_data as *const u8, (*stored).t_len as usize);
+    let bytes = std::slice::from_raw_parts((*stored).t_data as *const u8, (*stored).t_len as usize);
     let mut v = bytes.to_vec();
     if stored != tup {
         pg_sys::heap_freetuple(stored);
@@ -124,8 +126,8 @@ unsafe fn place_rows(
             batch.push(&rows[i + batch.len()].bytes);
         }
         assert!(!batch.is_empty(), "a fresh page takes any row");
-        let offs = wal::add_rows(rel, &target.buf, target.format, &batch);
         let blk = target.buf.block();
+        let offs = add_noted(rel, &target, &batch);
         for (k, off) in offs.iter().enumerate() {
             let t = tid(blk, *off);
             (*slots[i + k]).tts_tid = t;
@@ -138,6 +140,81 @@ unsafe fn place_rows(
     }
 }
 
+/// Inserts one slot; a speculative insertion (ON CONFLICT) marks the row with its token
+/// until `tuple_complete_speculative`.
+pub unsafe fn insert_slot(
+    rel: pg_sys::Relation,
+    slot: *mut pg_sys::TupleTableSlot,
+    cid: pg_sys::CommandId,
+    options: i32,
+    bistate: *mut pg_sys::BulkInsertStateData,
+    spec_token: Option<u32>,
+) {
+    crate::pg_extra::CheckForSerializableConflictIn(
+        rel,
+        std::ptr::null_mut(),
+        pg_sys::InvalidBlockNumber,
+    );
+    let mut row = prepare_row(rel, slot, current_xid(), cid, options);
+    if let Some(token) = spec_token {
+        let mut h = torii_core::row::RowHeader::read(&row.bytes);
+        h.infomask |= torii_core::row::FLAG_SPECULATIVE;
+        h.undo = torii_core::row::UndoPtr { blk: token, off: 0 };
+        h.write(&mut row.bytes);
+    }
+    place_rows(rel, &[row], &[slot], bulk_strategy(bistate));
+    pg_sys::pgstat_count_heap_insert(rel, 1);
+}
+
+/// Places already formed row bytes (the new version of a cold update) and returns its TID.
+pub unsafe fn insert_row_bytes(rel: pg_sys::Relation, bytes: &[u8]) -> pg_sys::ItemPointerData {
+    let target = pages::find_room(rel, bytes.len(), std::ptr::null_mut());
+    let offs = add_noted(rel, &target, &[bytes]);
+    tid(target.buf.block(), offs[0])
+}
+
+thread_local! {
+    /// Blocks this transaction already noted in undo: (relfilenode, block, writer xid).
+    static NOTED: std::cell::RefCell<(u64, std::collections::HashSet<(u32, u32, u64)>)> =
+        std::cell::RefCell::new((0, std::collections::HashSet::new()));
+}
+
+/// Adds rows written by the current (sub)transaction to a locked page; the first time this
+/// transaction writes rows to the block, an insert note goes to undo in the same WAL record,
+/// so that discard can find and remove the rows if the transaction aborts.
+unsafe fn add_noted(
+    rel: pg_sys::Relation,
+    target: &pages::Target,
+    rows: &[&[u8]],
+) -> Vec<pg_sys::OffsetNumber> {
+    let blk = target.buf.block();
+    let xid = torii_core::row::RowHeader::read(rows[0]).xid;
+    let top = pg_sys::GetTopFullTransactionIdIfAny().value;
+    let key = ((*rel).rd_node.relNode.into(), blk, xid);
+    let fresh = NOTED.with(|n| {
+        let mut n = n.borrow_mut();
+        if n.0 != top {
+            n.0 = top;
+            n.1.clear();
+        }
+        n.1.insert(key)
+    });
+    if !fresh {
+        return wal::add_rows(rel, &target.buf, target.format, rows);
+    }
+    let note = torii_core::undo::UndoRecord {
+        xid,
+        cid: 0,
+        tid_blk: blk,
+        tid_off: 0,
+        kind: torii_core::undo::UndoKind::Insert,
+        image: &[],
+    }
+    .encode();
+    let space = crate::storage::undo::reserve(rel, note.len());
+    wal::add_rows_noted(rel, &target.buf, target.format, rows, &space, &note)
+}
+
 #[pg_guard]
 pub unsafe extern "C-unwind" fn tuple_insert(
     rel: pg_sys::Relation,
@@ -146,10 +223,7 @@ pub unsafe extern "C-unwind" fn tuple_insert(
     options: i32,
     bistate: *mut pg_sys::BulkInsertStateData,
 ) {
-    crate::pg_extra::CheckForSerializableConflictIn(rel, std::ptr::null_mut(), pg_sys::InvalidBlockNumber);
-    let row = prepare_row(rel, slot, current_xid(), cid, options);
-    place_rows(rel, &[row], &[slot], bulk_strategy(bistate));
-    pg_sys::pgstat_count_heap_insert(rel, 1);
+    insert_slot(rel, slot, cid, options, bistate, None);
 }
 
 #[pg_guard]
@@ -161,7 +235,11 @@ pub unsafe extern "C-unwind" fn multi_insert(
     options: i32,
     bistate: *mut pg_sys::BulkInsertStateData,
 ) {
-    crate::pg_extra::CheckForSerializableConflictIn(rel, std::ptr::null_mut(), pg_sys::InvalidBlockNumber);
+    crate::pg_extra::CheckForSerializableConflictIn(
+        rel,
+        std::ptr::null_mut(),
+        pg_sys::InvalidBlockNumber,
+    );
     let slots = std::slice::from_raw_parts(slots, nslots as usize);
     let xid = current_xid();
     let rows: Vec<PreparedRow> = slots
@@ -174,80 +252,3 @@ pub unsafe extern "C-unwind" fn multi_insert(
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn finish_bulk_insert(_rel: pg_sys::Relation, _options: i32) {}
-
-fn not_yet(what: &str) -> ! {
-    ereport!(
-        PgLogLevel::ERROR,
-        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-        format!("torii: {what} is not supported yet on torii tables"),
-        "UPDATE, DELETE, row locks and ON CONFLICT arrive with torii's undo log."
-    );
-    unreachable!()
-}
-
-#[pg_guard]
-pub unsafe extern "C-unwind" fn tuple_insert_speculative(
-    _rel: pg_sys::Relation,
-    _slot: *mut pg_sys::TupleTableSlot,
-    _cid: pg_sys::CommandId,
-    _options: i32,
-    _bistate: *mut pg_sys::BulkInsertStateData,
-    _spec_token: u32,
-) {
-    not_yet("INSERT ... ON CONFLICT")
-}
-
-#[pg_guard]
-pub unsafe extern "C-unwind" fn tuple_complete_speculative(
-    _rel: pg_sys::Relation,
-    _slot: *mut pg_sys::TupleTableSlot,
-    _spec_token: u32,
-    _succeeded: bool,
-) {
-    not_yet("INSERT ... ON CONFLICT")
-}
-
-#[pg_guard]
-pub unsafe extern "C-unwind" fn tuple_delete(
-    _rel: pg_sys::Relation,
-    _tid: pg_sys::ItemPointer,
-    _cid: pg_sys::CommandId,
-    _snapshot: pg_sys::Snapshot,
-    _crosscheck: pg_sys::Snapshot,
-    _wait: bool,
-    _tmfd: *mut pg_sys::TM_FailureData,
-    _changing_part: bool,
-) -> pg_sys::TM_Result::Type {
-    not_yet("DELETE")
-}
-
-#[pg_guard]
-pub unsafe extern "C-unwind" fn tuple_update(
-    _rel: pg_sys::Relation,
-    _otid: pg_sys::ItemPointer,
-    _slot: *mut pg_sys::TupleTableSlot,
-    _cid: pg_sys::CommandId,
-    _snapshot: pg_sys::Snapshot,
-    _crosscheck: pg_sys::Snapshot,
-    _wait: bool,
-    _tmfd: *mut pg_sys::TM_FailureData,
-    _lockmode: *mut pg_sys::LockTupleMode::Type,
-    _update_indexes: *mut bool,
-) -> pg_sys::TM_Result::Type {
-    not_yet("UPDATE")
-}
-
-#[pg_guard]
-pub unsafe extern "C-unwind" fn tuple_lock(
-    _rel: pg_sys::Relation,
-    _tid: pg_sys::ItemPointer,
-    _snapshot: pg_sys::Snapshot,
-    _slot: *mut pg_sys::TupleTableSlot,
-    _cid: pg_sys::CommandId,
-    _mode: pg_sys::LockTupleMode::Type,
-    _wait_policy: pg_sys::LockWaitPolicy::Type,
-    _flags: u8,
-    _tmfd: *mut pg_sys::TM_FailureData,
-) -> pg_sys::TM_Result::Type {
-    not_yet("row locking (SELECT FOR UPDATE/SHARE, foreign key checks)")
-}

@@ -6,7 +6,7 @@
 //! until the next call, as the executor's contract for scan slots says. Copying is what makes
 //! in-place updates safe: a writer may change the shared page as soon as the lock is released.
 
-use super::visibility::Snap;
+use super::visibility::{Snap, Version};
 use crate::storage::{pages, tid, tid_parts};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -27,7 +27,13 @@ pub struct ToriiScan {
     /// Index into `vis` of the row returned last (-1 before the first).
     pub pos: isize,
     pub nvis: usize,
+    /// Visible rows of the loaded page: offset, and the version's bytes (in the page copy, or
+    /// an older image from undo allocated in `page_cxt`).
     pub vis: [u16; MAX_ROWS_PER_PAGE],
+    pub vis_ptr: [*const u8; MAX_ROWS_PER_PAGE],
+    pub vis_len: [u32; MAX_ROWS_PER_PAGE],
+    /// Memory for older images of the loaded page, reset when the next page is loaded.
+    pub page_cxt: pg_sys::MemoryContext,
     pub page: *mut u8,
     pub tuple: pg_sys::HeapTupleData,
     pub strategy: pg_sys::BufferAccessStrategy,
@@ -63,6 +69,8 @@ impl ToriiScan {
         let pg = self.page;
         self.cur_block = blk;
         self.nvis = 0;
+        // SAFETY: page_cxt belongs to the scan; nothing points into it past this page.
+        unsafe { pg_sys::MemoryContextReset(self.page_cxt) };
         // SAFETY: rel is open; the copy buffer is ours.
         unsafe {
             pages::copy_page(
@@ -81,16 +89,33 @@ impl ToriiScan {
             return;
         }
         let n = page::line_pointer_count(self.page());
-        let mut nvis = 0;
         for off in 1..=n {
-            if let Some(row) = self.row(off as u16) {
-                if self.snap().sees(row) {
-                    self.vis[nvis] = off as u16;
-                    nvis += 1;
-                }
-            }
+            self.consider(off as u16);
         }
-        self.nvis = nvis;
+    }
+
+    /// Adds the version of row `off` that the snapshot sees (if any) to the visible list.
+    pub fn consider(&mut self, off: u16) -> bool {
+        let rel = self.rel();
+        let Some(row) = self.row(off) else {
+            return false;
+        };
+        // SAFETY: rel is the scan's open relation; page_cxt is the scan's context.
+        let (ptr, len) = match unsafe { self.snap().resolve(rel, row) } {
+            Version::None => return false,
+            Version::Current(r) => (r.as_ptr(), r.len()),
+            Version::Old(img) => unsafe {
+                let mem = pg_sys::MemoryContextAlloc(self.page_cxt, img.len()) as *mut u8;
+                std::ptr::copy_nonoverlapping(img.as_ptr(), mem, img.len());
+                (mem as *const u8, img.len())
+            },
+        };
+        let i = self.nvis;
+        self.vis[i] = off;
+        self.vis_ptr[i] = ptr;
+        self.vis_len[i] = len as u32;
+        self.nvis += 1;
+        true
     }
 
     /// The stored row at `off` of the loaded page, if it is a normal, well-formed item.
@@ -127,12 +152,9 @@ impl ToriiScan {
         Some(row)
     }
 
-    /// Points the scan's HeapTupleData at row `off` of the page copy and stores it in `slot`.
-    pub fn store(&mut self, off: u16, slot: *mut pg_sys::TupleTableSlot) {
-        let (ptr, len) = {
-            let row = self.row(off).expect("visible row");
-            (row.as_ptr(), row.len())
-        };
+    /// Points the scan's HeapTupleData at visible version `i` and stores it in `slot`.
+    pub fn store(&mut self, i: usize, slot: *mut pg_sys::TupleTableSlot) {
+        let (off, ptr, len) = (self.vis[i], self.vis_ptr[i], self.vis_len[i] as usize);
         self.tuple.t_len = len as u32;
         self.tuple.t_self = tid(self.cur_block, off);
         self.tuple.t_tableOid = unsafe { (*self.rel()).rd_id };
@@ -182,6 +204,13 @@ pub unsafe extern "C-unwind" fn scan_begin(
     scan.base.rs_flags = flags;
     scan.base.rs_parallel = pscan;
     scan.page = pg_sys::palloc(page::BLCKSZ) as *mut u8;
+    scan.page_cxt = pg_sys::AllocSetContextCreateExtended(
+        pg_sys::CurrentMemoryContext,
+        c"torii scan versions".as_ptr(),
+        0,
+        8 * 1024,
+        8 * 1024 * 1024,
+    );
     scan.cur_block = pg_sys::InvalidBlockNumber;
     scan.pos = -1;
     let snap = if snapshot.is_null() {
@@ -196,8 +225,9 @@ pub unsafe extern "C-unwind" fn scan_begin(
         count_scan(rel);
     }
     if !pscan.is_null() {
-        scan.pwork = pg_sys::palloc0(std::mem::size_of::<pg_sys::ParallelBlockTableScanWorkerData>())
-            as *mut pg_sys::ParallelBlockTableScanWorkerData;
+        scan.pwork =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::ParallelBlockTableScanWorkerData>())
+                as *mut pg_sys::ParallelBlockTableScanWorkerData;
     }
     s as pg_sys::TableScanDesc
 }
@@ -234,6 +264,7 @@ pub unsafe extern "C-unwind" fn scan_end(sscan: pg_sys::TableScanDesc) {
         pg_sys::UnregisterSnapshot(scan.base.rs_snapshot);
     }
     pg_sys::pfree(scan.page as *mut _);
+    pg_sys::MemoryContextDelete(scan.page_cxt);
     pg_sys::pfree(scan.snap as *mut _);
     if !scan.pwork.is_null() {
         pg_sys::pfree(scan.pwork as *mut _);
@@ -345,7 +376,7 @@ unsafe fn getnext(
                 if !in_tid_range(scan, scan.cur_block, off) {
                     continue;
                 }
-                scan.store(off, slot);
+                scan.store(scan.pos as usize, slot);
                 if scan.base.rs_nkeys > 0 && !keys_match(scan, slot) {
                     continue;
                 }
@@ -454,16 +485,9 @@ pub unsafe extern "C-unwind" fn scan_bitmap_next_block(
             return false;
         }
         let offsets = std::slice::from_raw_parts(res.offsets.as_ptr(), res.ntuples as usize);
-        let mut nvis = 0;
         for &off in offsets {
-            if let Some(row) = scan.row(off) {
-                if scan.snap().sees(row) {
-                    scan.vis[nvis] = off;
-                    nvis += 1;
-                }
-            }
+            scan.consider(off);
         }
-        scan.nvis = nvis;
     } else {
         scan.load_visible(res.blockno);
     }
@@ -481,8 +505,7 @@ pub unsafe extern "C-unwind" fn scan_bitmap_next_tuple(
     if scan.pos as usize >= scan.nvis {
         return false;
     }
-    let off = scan.vis[scan.pos as usize];
-    scan.store(off, slot);
+    scan.store(scan.pos as usize, slot);
     if should_count(scan.rel()) {
         (*(*scan.rel()).pgstat_info).t_counts.t_tuples_fetched += 1;
     }
@@ -556,12 +579,9 @@ pub unsafe extern "C-unwind" fn scan_sample_next_tuple(
             pg_sys::ExecClearTuple(slot);
             return false;
         }
-        let visible = match scan.row(off) {
-            Some(row) => scan.snap().sees(row),
-            None => false,
-        };
-        if visible {
-            scan.store(off, slot);
+        scan.nvis = 0;
+        if scan.consider(off) {
+            scan.store(0, slot);
             return true;
         }
     }
@@ -578,7 +598,11 @@ pub unsafe extern "C-unwind" fn scan_analyze_next_block(
 ) -> bool {
     let scan = &mut *(sscan as *mut ToriiScan);
     scan.strategy = bstrategy;
-    let kind = if blockno == 0 { None } else { scan.load(blockno) };
+    let kind = if blockno == 0 {
+        None
+    } else {
+        scan.load(blockno)
+    };
     scan.strategy = std::ptr::null_mut();
     scan.cur_block = blockno;
     scan.sample_off = 0;
@@ -608,23 +632,18 @@ pub unsafe extern "C-unwind" fn scan_analyze_next_tuple(
     while (scan.sample_off as usize) < n {
         scan.sample_off += 1;
         let off = scan.sample_off;
-        let (live, dead) = match scan.row(off) {
-            None => continue,
-            Some(row) => {
-                let h = torii_core::row::RowHeader::read(row);
-                let build = Snap::of_kind(super::visibility::BUILD);
-                let exists = build.sees(row);
-                (exists && !h.is_deleted(), !exists || h.is_deleted())
-            }
-        };
-        if live {
+        if scan.row(off).is_none() {
+            continue;
+        }
+        // The scan's snapshot kind for ANALYZE is the build mode: rows whose writer did not
+        // abort; a deleted row counts as dead.
+        scan.nvis = 0;
+        if scan.consider(off) {
             *liverows += 1.0;
-            scan.store(off, slot);
+            scan.store(0, slot);
             return true;
         }
-        if dead {
-            *deadrows += 1.0;
-        }
+        *deadrows += 1.0;
     }
     pg_sys::ExecClearTuple(slot);
     false

@@ -80,22 +80,132 @@ impl Snap {
         }
     }
 
-    /// Is the stored row (its current version) visible? For versions not in effect, older
-    /// versions live in undo; until undo exists, a row not in effect was inserted by a writer
-    /// this snapshot does not see, so there is no row.
-    pub fn sees(&self, row: &[u8]) -> bool {
-        let h = RowHeader::read(row);
-        let effect = change_effect(self.kind, h.xid, h.cid, 0, &self.oracle);
-        match effect {
-            Effect::InEffect => !h.is_deleted(),
-            Effect::InEffectInProgress(xid) => {
-                if !self.raw.is_null() && !h.is_deleted() {
-                    // SAFETY: a dirty snapshot reports whom to wait for in xmin.
-                    unsafe { (*self.raw).xmin = xid32(xid) };
+    /// The version of a stored row this snapshot sees: the row itself, an older image from
+    /// undo, or none. Walks the undo chain while changes are not in effect.
+    ///
+    /// # Safety
+    /// `rel` must be the open torii table the row belongs to.
+    pub unsafe fn resolve<'a>(&self, rel: pg_sys::Relation, row: &'a [u8]) -> Version<'a> {
+        let mut owned: Option<Vec<u8>> = None;
+        loop {
+            let cur: &[u8] = owned.as_deref().unwrap_or(row);
+            let h = RowHeader::read(cur);
+            match change_effect(self.kind, h.xid, h.cid, 0, &self.oracle) {
+                Effect::InEffect => {
+                    if h.is_deleted() && self.kind != SnapshotKind::Any {
+                        return Version::None;
+                    }
+                    return match owned {
+                        None => Version::Current(row),
+                        Some(v) => Version::Old(v),
+                    };
                 }
-                !h.is_deleted()
+                Effect::InEffectInProgress(xid) => {
+                    // SnapshotDirty: report whom a unique check must wait for.
+                    if !self.raw.is_null() {
+                        if h.is_deleted() {
+                            (*self.raw).xmax = xid32(xid);
+                        } else {
+                            (*self.raw).xmin = xid32(xid);
+                            if h.is_speculative() {
+                                (*self.raw).speculativeToken = h.undo.blk;
+                            }
+                        }
+                    }
+                    return match owned {
+                        None => Version::Current(row),
+                        Some(v) => Version::Old(v),
+                    };
+                }
+                Effect::NotInEffect => {
+                    if let SnapshotKind::Mvcc { .. } = self.kind {
+                        // SSI: we read around a concurrent writer's change.
+                        crate::pg_extra::CheckForSerializableConflictOut(
+                            rel,
+                            xid32(h.xid),
+                            self.raw,
+                        );
+                    }
+                    if h.undo.is_none() || h.is_speculative() {
+                        return Version::None;
+                    }
+                    let rec = crate::storage::undo::read_record(rel, h.undo);
+                    let image = match torii_core::undo::UndoRecord::decode(&rec) {
+                        Ok(r) => r.image.to_vec(),
+                        Err(e) => crate::storage::pages::report_corrupt(
+                            rel,
+                            h.undo.blk,
+                            &torii_core::page::PageError::Malformed(e),
+                        ),
+                    };
+                    owned = Some(image);
+                }
             }
-            Effect::NotInEffect => false,
         }
     }
+
+    /// Does this snapshot see some version of the stored row?
+    ///
+    /// # Safety
+    /// As [`Snap::resolve`].
+    pub unsafe fn sees(&self, rel: pg_sys::Relation, row: &[u8]) -> bool {
+        !matches!(self.resolve(rel, row), Version::None)
+    }
+}
+
+/// What a snapshot sees of a stored row.
+pub enum Version<'a> {
+    /// The row as stored in the page.
+    Current(&'a [u8]),
+    /// An older image, from undo.
+    Old(Vec<u8>),
+    /// Nothing.
+    None,
+}
+
+/// What the transaction system says about a row's last writer, for writers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriterStatus {
+    /// Frozen, or committed.
+    Committed,
+    /// This transaction (or one of its live subtransactions).
+    Current,
+    /// Another transaction, still running.
+    InProgress,
+    /// Aborted or crashed: its change must be rolled back before the row is touched.
+    Aborted,
+}
+
+/// Status of writer `xid` now (not relative to a snapshot).
+pub fn writer_status(xid: u64) -> WriterStatus {
+    if xid == 0 {
+        return WriterStatus::Committed;
+    }
+    let x = xid32(xid);
+    // SAFETY: plain transaction-state lookups.
+    unsafe {
+        if pg_sys::TransactionIdIsCurrentTransactionId(x) {
+            WriterStatus::Current
+        } else if pg_sys::TransactionIdIsInProgress(x) {
+            WriterStatus::InProgress
+        } else if pg_sys::TransactionIdDidCommit(x) {
+            WriterStatus::Committed
+        } else {
+            WriterStatus::Aborted
+        }
+    }
+}
+
+/// The 32-bit form of a row's writer, for PostgreSQL's functions.
+pub fn xid_of(xid: u64) -> pg_sys::TransactionId {
+    xid32(xid)
+}
+
+/// Is the change by `xid`/`cid` in effect for an MVCC snapshot?
+///
+/// # Safety
+/// `snapshot` must be a live MVCC snapshot.
+pub unsafe fn mvcc_sees_change(snapshot: pg_sys::Snapshot, xid: u64, cid: u32) -> bool {
+    let snap = Snap::new(snapshot);
+    change_effect(snap.kind, xid, cid, 0, &snap.oracle) != Effect::NotInEffect
 }

@@ -1,3 +1,4 @@
 //! SQL-facing functions in schema `torii`.
 
+pub mod maintenance;
 pub mod verify;

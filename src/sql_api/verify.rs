@@ -30,7 +30,10 @@ fn check_page(blk: u32, p: &[u8]) -> Vec<String> {
         Some(PageKind::Data) => {
             let n = page::line_pointer_count(p);
             if n > page::MAX_ROWS_PER_PAGE {
-                problems.push(format!("{n} line pointers (max {})", page::MAX_ROWS_PER_PAGE));
+                problems.push(format!(
+                    "{n} line pointers (max {})",
+                    page::MAX_ROWS_PER_PAGE
+                ));
             }
             for off in 1..=n.min(page::MAX_ROWS_PER_PAGE) {
                 let lp = page::line_pointer(p, off);
@@ -52,9 +55,7 @@ fn check_page(blk: u32, p: &[u8]) -> Vec<String> {
 }
 
 #[pg_extern(strict)]
-fn verify(
-    rel: PgRelation,
-) -> TableIterator<'static, (name!(blkno, i64), name!(problem, String))> {
+fn verify(rel: PgRelation) -> TableIterator<'static, (name!(blkno, i64), name!(problem, String))> {
     let raw = rel.as_ptr();
     // SAFETY: PgRelation holds the relation open with AccessShareLock.
     unsafe {
@@ -71,7 +72,11 @@ fn verify(
         }
         let acl = pg_sys::pg_class_aclcheck(rel.oid(), pg_sys::GetUserId(), pg_sys::ACL_SELECT);
         if acl != pg_sys::AclResult::ACLCHECK_OK {
-            pg_sys::aclcheck_error(acl, pg_sys::ObjectType::OBJECT_TABLE, (*(*raw).rd_rel).relname.data.as_ptr());
+            pg_sys::aclcheck_error(
+                acl,
+                pg_sys::ObjectType::OBJECT_TABLE,
+                (*(*raw).rd_rel).relname.data.as_ptr(),
+            );
         }
     }
     let mut out = vec![];

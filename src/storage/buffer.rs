@@ -47,6 +47,32 @@ impl LockedBuffer {
         LockedBuffer { buf, lock }
     }
 
+    /// Reads block `blk` and takes its exclusive lock only if that needs no waiting.
+    ///
+    /// # Safety
+    /// `rel` must be open and `blk` inside it.
+    pub unsafe fn try_exclusive(
+        rel: pg_sys::Relation,
+        blk: pg_sys::BlockNumber,
+    ) -> Option<LockedBuffer> {
+        let buf = pg_sys::ReadBufferExtended(
+            rel,
+            pg_sys::ForkNumber::MAIN_FORKNUM,
+            blk,
+            pg_sys::ReadBufferMode::RBM_NORMAL,
+            std::ptr::null_mut(),
+        );
+        if pg_sys::ConditionalLockBuffer(buf) {
+            Some(LockedBuffer {
+                buf,
+                lock: Lock::Exclusive,
+            })
+        } else {
+            pg_sys::ReleaseBuffer(buf);
+            None
+        }
+    }
+
     pub fn buffer(&self) -> pg_sys::Buffer {
         self.buf
     }

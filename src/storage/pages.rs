@@ -88,12 +88,37 @@ pub fn nblocks(rel: pg_sys::Relation) -> u32 {
     unsafe { pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) }
 }
 
+/// A page for a new undo page: a free page from the free space map if one can be locked at
+/// once (callers hold other buffer locks, so they must not wait), else a new block.
+///
+/// # Safety
+/// `rel` must be open.
+pub unsafe fn free_or_new_page(rel: pg_sys::Relation) -> LockedBuffer {
+    let nblocks = nblocks(rel);
+    let blk = pg_sys::GetPageWithFreeSpace(rel, SPECIAL_FREE_MIN);
+    if blk != pg_sys::InvalidBlockNumber && blk != 0 && blk < nblocks {
+        if let Some(b) = LockedBuffer::try_exclusive(rel, blk) {
+            let p = b.page();
+            if page::kind(p) == Some(PageKind::Free) && page::verify(p).is_ok() || page::is_new(p) {
+                return b;
+            }
+        }
+    }
+    extend(rel, std::ptr::null_mut())
+}
+
+/// Free space that only an empty page has.
+const SPECIAL_FREE_MIN: usize = page::SPECIAL_OFFSET - page::PAGE_HEADER_SIZE - 64;
+
 /// Extends the relation by one block, returned exclusively locked (to be formatted by the
 /// caller's WAL record).
 ///
 /// # Safety
 /// `rel` must be open.
-pub unsafe fn extend(rel: pg_sys::Relation, strategy: pg_sys::BufferAccessStrategy) -> LockedBuffer {
+pub unsafe fn extend(
+    rel: pg_sys::Relation,
+    strategy: pg_sys::BufferAccessStrategy,
+) -> LockedBuffer {
     pg_sys::LockRelationForExtension(rel, pg_sys::ExclusiveLock as i32);
     let b = extend_locked(rel, strategy);
     pg_sys::UnlockRelationForExtension(rel, pg_sys::ExclusiveLock as i32);
@@ -135,8 +160,7 @@ pub unsafe fn ensure_metapage(rel: pg_sys::Relation) {
 }
 
 /// Largest row a data page takes.
-pub const MAX_ROW_SIZE: usize =
-    page::SPECIAL_OFFSET - page::PAGE_HEADER_SIZE - page::ITEM_ID_SIZE;
+pub const MAX_ROW_SIZE: usize = page::SPECIAL_OFFSET - page::PAGE_HEADER_SIZE - page::ITEM_ID_SIZE;
 
 /// Space a row needs on a page, line pointer included.
 pub fn space_needed(len: usize) -> usize {
@@ -197,6 +221,14 @@ pub unsafe fn find_room(
         }
         if let Err(e) = page::verify(p) {
             report_corrupt(rel, blk, &e)
+        }
+        if page::kind(p) == Some(PageKind::Free) {
+            // A page freed by undo discard: format it anew.
+            (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = blk;
+            return Target {
+                buf: b,
+                format: true,
+            };
         }
         if page::kind(p) == Some(PageKind::Data) && fits(p, len) {
             (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = blk;

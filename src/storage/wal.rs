@@ -37,7 +37,10 @@ impl PageEdit {
     /// Registers an exclusively locked buffer; `full_image` logs the whole page (for pages
     /// formatted from scratch). Returns the index of its image.
     pub fn register(&mut self, buf: &LockedBuffer, full_image: bool) -> usize {
-        assert!(buf.lock() == Lock::Exclusive, "page edit needs an exclusive lock");
+        assert!(
+            buf.lock() == Lock::Exclusive,
+            "page edit needs an exclusive lock"
+        );
         assert!(self.n < 4, "a generic WAL record covers at most 4 pages");
         let flags = if full_image {
             pg_sys::GENERIC_XLOG_FULL_IMAGE as i32
@@ -102,24 +105,7 @@ pub fn add_rows(
     if format {
         page::init_page(img, PageKind::Data);
     }
-    let mut offs = Vec::with_capacity(rows.len());
-    for row in rows {
-        // SAFETY: img is a BLCKSZ page image with a valid header; PAI_IS_HEAP caps the slot
-        // count at MaxHeapTuplesPerPage.
-        let off = unsafe {
-            pg_sys::PageAddItemExtended(
-                img.as_mut_ptr() as pg_sys::Page,
-                row.as_ptr() as pg_sys::Item,
-                row.len(),
-                pg_sys::InvalidOffsetNumber,
-                pg_sys::PAI_IS_HEAP as i32,
-            )
-        };
-        if off == pg_sys::InvalidOffsetNumber {
-            pgrx::error!("torii: failed to add row of {} bytes to page", row.len());
-        }
-        offs.push(off);
-    }
+    let offs = rows.iter().map(|r| add_item_heap(img, r)).collect();
     e.finish();
     offs
 }
@@ -152,7 +138,8 @@ fn overwrite_item(img: &mut [u8], off: u16, bytes: &[u8]) {
 /// Room a row at `off` needs to grow to `len` bytes on this page.
 pub fn growth_needed(p: &[u8], off: u16, len: usize) -> usize {
     let lp = page::line_pointer(p, off as usize);
-    len.next_multiple_of(8).saturating_sub(lp.len.next_multiple_of(8))
+    len.next_multiple_of(8)
+        .saturating_sub(lp.len.next_multiple_of(8))
 }
 
 /// Appends undo record `record` (reserved space `space`) and writes `new_row` (built by
@@ -170,7 +157,17 @@ pub fn change_row(
     // SAFETY: rel is open; every registered buffer is exclusively locked by its guard.
     let mut e = unsafe { PageEdit::start(rel) };
     let di = e.register(data, false);
-    let ptr = match (&space.tail, &space.new_page) {
+    let ptr = append_undo(&mut e, space, record);
+    let row = make_row(ptr);
+    overwrite_item(e.page(di), off, &row);
+    e.finish();
+    ptr
+}
+
+/// Registers the undo pages of `space` in `e` and appends `record`, linking in a new undo
+/// page when the reservation has one.
+fn append_undo(e: &mut PageEdit, space: &super::undo::UndoSpace, record: &[u8]) -> UndoPtr {
+    match (&space.tail, &space.new_page) {
         (Some(t), None) => {
             let ti = e.register(t, false);
             let o = add_item(e.page(ti), record);
@@ -180,15 +177,18 @@ pub fn change_row(
             }
         }
         (tail, Some(np)) => {
+            let new_blk = np.block();
             let ni = e.register(np, true);
             page::init_page(e.page(ni), PageKind::Undo);
             let o = add_item(e.page(ni), record);
-            let new_blk = np.block();
             if let Some(t) = tail {
                 let ti = e.register(t, false);
                 page::set_next(e.page(ti), new_blk);
             }
-            let meta = space.meta.as_ref().expect("a new undo page comes with the metapage");
+            let meta = space
+                .meta
+                .as_ref()
+                .expect("a new undo page comes with the metapage");
             let mi = e.register(meta, false);
             let mp = e.page(mi);
             let mut m = Meta::read(mp);
@@ -203,11 +203,48 @@ pub fn change_row(
             }
         }
         (None, None) => unreachable!("undo space always has a page"),
-    };
-    let row = make_row(ptr);
-    overwrite_item(e.page(di), off, &row);
+    }
+}
+
+/// Adds rows to a data page like [`add_rows`], and in the same WAL record the insert note
+/// `note` to the undo log (see `UndoKind::Insert`).
+pub fn add_rows_noted(
+    rel: pg_sys::Relation,
+    buf: &LockedBuffer,
+    format: bool,
+    rows: &[&[u8]],
+    space: &super::undo::UndoSpace,
+    note: &[u8],
+) -> Vec<pg_sys::OffsetNumber> {
+    // SAFETY: rel is open; all buffers are exclusively locked by their guards.
+    let mut e = unsafe { PageEdit::start(rel) };
+    let i = e.register(buf, format);
+    append_undo(&mut e, space, note);
+    let img = e.page(i);
+    if format {
+        page::init_page(img, PageKind::Data);
+    }
+    let offs = rows.iter().map(|r| add_item_heap(img, r)).collect();
     e.finish();
-    ptr
+    offs
+}
+
+/// Adds a row to a data page image (at most MaxHeapTuplesPerPage slots).
+fn add_item_heap(img: &mut [u8], row: &[u8]) -> pg_sys::OffsetNumber {
+    // SAFETY: img is a page image with a valid header.
+    let off = unsafe {
+        pg_sys::PageAddItemExtended(
+            img.as_mut_ptr() as pg_sys::Page,
+            row.as_ptr() as pg_sys::Item,
+            row.len(),
+            pg_sys::InvalidOffsetNumber,
+            pg_sys::PAI_IS_HEAP as i32,
+        )
+    };
+    if off == pg_sys::InvalidOffsetNumber {
+        pgrx::error!("torii: failed to add row of {} bytes to page", row.len());
+    }
+    off
 }
 
 /// Adds an item to a page image, returning its offset.
@@ -235,6 +272,31 @@ pub fn overwrite_row(rel: pg_sys::Relation, data: &LockedBuffer, off: u16, bytes
     let mut e = unsafe { PageEdit::start(rel) };
     let di = e.register(data, false);
     overwrite_item(e.page(di), off, bytes);
+    e.finish();
+}
+
+/// Applies `f` to the image of a locked page in one WAL record (pruning, setting line
+/// pointers unused, unlinking undo pages).
+pub fn edit_page(rel: pg_sys::Relation, buf: &LockedBuffer, f: impl FnOnce(&mut [u8])) {
+    // SAFETY: rel is open; buf is exclusively locked.
+    let mut e = unsafe { PageEdit::start(rel) };
+    let i = e.register(buf, false);
+    f(e.page(i));
+    e.finish();
+}
+
+/// Applies `f` to the images of up to four locked pages in one WAL record.
+pub fn edit_pages(rel: pg_sys::Relation, bufs: &[&LockedBuffer], f: impl FnOnce(&mut [&mut [u8]])) {
+    // SAFETY: rel is open; every buffer is exclusively locked.
+    let mut e = unsafe { PageEdit::start(rel) };
+    let idx: Vec<usize> = bufs.iter().map(|b| e.register(b, false)).collect();
+    let mut imgs: Vec<&mut [u8]> = Vec::with_capacity(idx.len());
+    for &i in &idx {
+        // SAFETY: each registered image is a distinct BLCKSZ buffer owned by generic WAL.
+        let p = e.page(i).as_mut_ptr();
+        imgs.push(unsafe { std::slice::from_raw_parts_mut(p, page::BLCKSZ) });
+    }
+    f(&mut imgs);
     e.finish();
 }
 

@@ -14,7 +14,7 @@
 //! | 48 | 8 | resolved horizon: every xid below it is known committed or rolled back in this table |
 //! | 56 | 8 | undo bytes appended since creation (statistics) |
 //! | 64 | 8 | undo bytes discarded since creation (statistics) |
-//! | 72 | 8 | reserved |
+//! | 72 | 8 | dead line pointers waiting for index cleanup (set by undo discard, cleared by VACUUM) |
 
 use crate::page::{self, PageKind, NO_BLOCK, PAGE_HEADER_SIZE};
 
@@ -34,6 +34,7 @@ pub struct Meta {
     pub horizon: u64,
     pub undo_appended: u64,
     pub undo_discarded: u64,
+    pub pending_dead: u64,
 }
 
 impl Meta {
@@ -47,6 +48,7 @@ impl Meta {
             horizon,
             undo_appended: 0,
             undo_discarded: 0,
+            pending_dead: 0,
         }
     }
 
@@ -62,6 +64,7 @@ impl Meta {
             horizon: u64at(48),
             undo_appended: u64at(56),
             undo_discarded: u64at(64),
+            pending_dead: u64at(72),
         }
     }
 
@@ -76,7 +79,7 @@ impl Meta {
         p[48..56].copy_from_slice(&self.horizon.to_ne_bytes());
         p[56..64].copy_from_slice(&self.undo_appended.to_ne_bytes());
         p[64..72].copy_from_slice(&self.undo_discarded.to_ne_bytes());
-        p[72..80].fill(0);
+        p[72..80].copy_from_slice(&self.pending_dead.to_ne_bytes());
         page::set_checksum(p);
     }
 

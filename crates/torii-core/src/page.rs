@@ -276,8 +276,7 @@ pub fn check_header(p: &[u8]) -> Result<(), PageError> {
             "pd_pagesize_version is {version:#06x}"
         )));
     }
-    if special != SPECIAL_OFFSET || lower < PAGE_HEADER_SIZE || lower > upper || upper > special
-    {
+    if special != SPECIAL_OFFSET || lower < PAGE_HEADER_SIZE || lower > upper || upper > special {
         return Err(PageError::Malformed(format!(
             "pd_lower {lower}, pd_upper {upper}, pd_special {special}"
         )));
@@ -355,7 +354,10 @@ mod tests {
         assert_eq!(verify(&p), Ok(()));
         assert_eq!(kind(&p), Some(PageKind::Data));
         assert_eq!(line_pointer_count(&p), 0);
-        assert_eq!(free_space(&p), SPECIAL_OFFSET - PAGE_HEADER_SIZE - ITEM_ID_SIZE);
+        assert_eq!(
+            free_space(&p),
+            SPECIAL_OFFSET - PAGE_HEADER_SIZE - ITEM_ID_SIZE
+        );
         assert!(!is_new(&p));
         assert!(is_new(&[0u8; BLCKSZ]));
     }

@@ -38,6 +38,10 @@ pub enum UndoKind {
     Delete = 2,
     /// Cold update: the row moved to a new TID (the old slot keeps a forwarding TID).
     Moved = 3,
+    /// Insert note: transaction `xid` inserted rows into block `tid_blk` (no image). One per
+    /// transaction and block, so that discard can remove the rows of an aborted insert and
+    /// every xid below the resolved horizon is known resolved.
+    Insert = 4,
 }
 
 impl UndoKind {
@@ -46,6 +50,7 @@ impl UndoKind {
             1 => Some(UndoKind::Update),
             2 => Some(UndoKind::Delete),
             3 => Some(UndoKind::Moved),
+            4 => Some(UndoKind::Insert),
             _ => None,
         }
     }

@@ -17,11 +17,13 @@
 //! | this transaction                         | iff cid < curcid   | in effect            | in effect        | in effect |
 //! | running for the snapshot                 | not in effect      | not in effect (Self) | in effect, wait  | in effect |
 //! | committed (not running for snapshot)     | in effect          | in effect            | in effect        | in effect |
-//! | aborted or crashed                       | not in effect      | not in effect        | not in effect    | in effect |
+//! | aborted or crashed                       | not in effect      | not in effect        | not in effect    | not in effect |
 //!
 //! "Running for the snapshot" means in the MVCC snapshot's running set (or past its xmax); for
 //! the other kinds, still in progress now. NonVacuumable treats a change by a running writer as
-//! in effect (the row is not removable).
+//! in effect (the row is not removable). `SnapshotAny` sees the newest version whose writer did
+//! not abort — deleted or not (heap's SnapshotAny returns whatever tuple a TID holds; the
+//! executor uses it to fetch the row it is about to update).
 
 /// The snapshot kinds the executor hands to a table AM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +75,7 @@ pub fn change_effect(
     horizon: u64,
     oracle: &impl XactOracle,
 ) -> Effect {
-    if xid == 0 || xid < horizon || kind == SnapshotKind::Any {
+    if xid == 0 || xid < horizon {
         return Effect::InEffect;
     }
     if oracle.is_current(xid) {
@@ -92,7 +94,16 @@ pub fn change_effect(
                 Effect::NotInEffect
             }
         }
-        SnapshotKind::SelfSnap | SnapshotKind::Toast | SnapshotKind::NonVacuumable
+        SnapshotKind::Any => {
+            if oracle.in_progress(xid) || oracle.did_commit(xid) {
+                Effect::InEffect
+            } else {
+                Effect::NotInEffect
+            }
+        }
+        SnapshotKind::SelfSnap
+        | SnapshotKind::Toast
+        | SnapshotKind::NonVacuumable
         | SnapshotKind::Dirty => {
             if oracle.in_progress(xid) {
                 match kind {
@@ -106,7 +117,6 @@ pub fn change_effect(
                 Effect::NotInEffect
             }
         }
-        SnapshotKind::Any => Effect::InEffect,
     }
 }
 
@@ -159,7 +169,11 @@ mod tests {
         assert_eq!(e(10, 3), Effect::NotInEffect, "own current command");
         assert_eq!(e(20, 0), Effect::NotInEffect, "running");
         assert_eq!(e(30, 0), Effect::InEffect, "committed");
-        assert_eq!(e(35, 0), Effect::NotInEffect, "committed after the snapshot");
+        assert_eq!(
+            e(35, 0),
+            Effect::NotInEffect,
+            "committed after the snapshot"
+        );
         assert_eq!(e(40, 0), Effect::NotInEffect, "aborted");
     }
 
@@ -176,7 +190,9 @@ mod tests {
         assert_eq!(e(Dirty, 30), Effect::InEffect);
         assert_eq!(e(NonVacuumable, 20), Effect::InEffect);
         assert_eq!(e(NonVacuumable, 40), Effect::NotInEffect);
-        assert_eq!(e(Any, 40), Effect::InEffect);
+        assert_eq!(e(Any, 40), Effect::NotInEffect, "aborted");
+        assert_eq!(e(Any, 20), Effect::InEffect, "running");
+        assert_eq!(e(Any, 30), Effect::InEffect);
         assert_eq!(e(Toast, 30), Effect::InEffect);
     }
 }

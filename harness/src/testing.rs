@@ -1,0 +1,134 @@
+//! Shared helpers of the integration tests (`harness/tests/*.rs`).
+//!
+//! The tests compare a table of the access method under test with a heap table holding the same
+//! data. The AM under test is `torii` unless `TORII_TEST_AM` names another one: with
+//! `TORII_TEST_AM=heap` the whole suite runs heap against heap, which checks the tests
+//! themselves without torii installed (torii-only checks are then skipped).
+
+use postgres::Client;
+
+use crate::{err, sql, Cluster, Result};
+
+/// Name of the database the tests use.
+pub const DB: &str = "torii_test";
+
+/// The table access method under test (`TORII_TEST_AM`, default `torii`).
+pub fn am() -> String {
+    std::env::var("TORII_TEST_AM")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "torii".into())
+}
+
+/// Whether the AM under test is torii (so torii's SQL functions exist).
+pub fn is_torii() -> bool {
+    am() == "torii"
+}
+
+/// Start a cluster and create database [`DB`], with `CREATE EXTENSION torii` when torii is
+/// under test. Returns the cluster and a connection to [`DB`].
+pub fn cluster_with_db(name: &str) -> Result<(Cluster, Client)> {
+    cluster_with_db_conf(name, &[])
+}
+
+/// As [`cluster_with_db`], with extra `postgresql.conf` lines.
+pub fn cluster_with_db_conf(name: &str, conf: &[&str]) -> Result<(Cluster, Client)> {
+    cluster_with_db_options(name, &[], conf)
+}
+
+/// As [`cluster_with_db`], with extra initdb arguments and `postgresql.conf` lines.
+pub fn cluster_with_db_options(
+    name: &str,
+    initdb_args: &[&str],
+    conf: &[&str],
+) -> Result<(Cluster, Client)> {
+    if is_torii() && !crate::torii_installed() {
+        return Err(err(
+            "the torii extension is not installed in this PostgreSQL \
+             (run scripts/setup.sh or `cargo pgrx install --release --pg-config /usr/bin/pg_config`; \
+             TORII_TEST_AM=heap runs the suite against heap to check the harness itself)",
+        ));
+    }
+    let c = Cluster::with_options(name, initdb_args, conf)?;
+    c.start()?;
+    if is_torii() {
+        c.create_db_with_torii(DB)?;
+    } else {
+        c.create_db(DB)?;
+    }
+    let client = c.connect(DB)?;
+    Ok((c, client))
+}
+
+/// Run `query` with `{t}` replaced by `heap_table` and by `am_table`; assert identical text
+/// results and return them.
+pub fn same_result(
+    client: &mut Client,
+    query: &str,
+    heap_table: &str,
+    am_table: &str,
+) -> Result<String> {
+    let h = sql::result_text(client, &query.replace("{t}", heap_table))?;
+    let t = sql::result_text(client, &query.replace("{t}", am_table))?;
+    if h != t {
+        return Err(err(format!(
+            "results differ for {query}\n--- {heap_table} ({} bytes):\n{}\n--- {am_table} ({} bytes):\n{}",
+            h.len(),
+            clip(&h),
+            t.len(),
+            clip(&t)
+        )));
+    }
+    Ok(h)
+}
+
+/// First 2000 characters of a text, for error messages.
+pub fn clip(s: &str) -> String {
+    if s.chars().count() <= 2000 {
+        s.to_string()
+    } else {
+        let mut c: String = s.chars().take(2000).collect();
+        c.push_str(" ...");
+        c
+    }
+}
+
+/// Execute `sql` with `{t}` replaced by each table name in turn.
+pub fn exec_both(client: &mut Client, sql: &str, heap_table: &str, am_table: &str) -> Result<()> {
+    client.batch_execute(&sql.replace("{t}", heap_table))?;
+    client.batch_execute(&sql.replace("{t}", am_table))?;
+    Ok(())
+}
+
+/// The access method name of a table.
+pub fn table_am(client: &mut Client, table: &str) -> Result<String> {
+    let row = client.query_one(
+        "SELECT a.amname::text FROM pg_class c JOIN pg_am a ON a.oid = c.relam \
+         WHERE c.oid = $1::text::regclass",
+        &[&table],
+    )?;
+    Ok(row.get(0))
+}
+
+/// `torii.verify(table)` rows as `(blkno, problem)`; empty (not called) when torii is not under
+/// test.
+pub fn verify(client: &mut Client, table: &str) -> Result<Vec<(i64, String)>> {
+    if !is_torii() {
+        return Ok(Vec::new());
+    }
+    let rows = client.query(
+        "SELECT blkno, problem FROM torii.verify($1::text::regclass) ORDER BY blkno",
+        &[&table],
+    )?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Error if `torii.verify(table)` reports anything.
+pub fn assert_verify_clean(client: &mut Client, table: &str) -> Result<()> {
+    let problems = verify(client, table)?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(err(format!("torii.verify({table}) reports: {problems:?}")))
+    }
+}

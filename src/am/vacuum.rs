@@ -1,0 +1,409 @@
+//! Undo discard and VACUUM.
+//!
+//! **Discard** walks the undo log from its head (oldest page). A record can go once its
+//! transaction is resolved and older than every snapshot (`GetOldestNonRemovableTransactionId`):
+//! a committed change needs nothing more (every snapshot sees it); an aborted one is rolled back
+//! first (its previous image restored, or for an insert note, the aborted rows of that block
+//! killed). Rows whose committed DELETE or move is discarded lose their line pointer's storage
+//! (LP_DEAD) and are counted in the metapage until VACUUM has removed their index entries. A
+//! page whose records are all gone is unlinked and put in the free space map for reuse. The
+//! first record that must stay stops the walk: a long-running transaction holds discard back.
+//!
+//! The **resolved horizon** — the smallest xid of any remaining undo record, or the oldest
+//! running xid if smaller — goes to the metapage: every writer below it is committed, or was
+//! rolled back here. Readers skip the CLOG for such rows, and VACUUM reports it as
+//! `relfrozenxid`, so an anti-wraparound VACUUM of a torii table reads its undo, never its
+//! data pages (except those with dead rows to clean).
+
+use super::visibility::{writer_status, WriterStatus};
+use crate::storage::buffer::{Lock, LockedBuffer};
+use crate::storage::{pages, tid, wal};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use torii_core::meta::Meta;
+use torii_core::page::{self, PageKind, LP_DEAD, LP_NORMAL, LP_UNUSED, NO_BLOCK};
+use torii_core::row::{RowHeader, UndoPtr};
+use torii_core::undo::{UndoKind, UndoRecord};
+
+/// What a discard or VACUUM did.
+#[derive(Default, Debug, Clone)]
+pub struct VacuumStats {
+    pub undo_records_discarded: i64,
+    pub undo_bytes_discarded: i64,
+    pub undo_pages_freed: i64,
+    pub rows_rolled_back: i64,
+    pub rows_reclaimed: i64,
+    pub bytes_reclaimed: i64,
+    pub dead_pointers_freed: i64,
+    pub horizon_before: i64,
+    pub horizon_after: i64,
+}
+
+/// The oldest xid any snapshot may still need, as a full xid.
+unsafe fn oldest_needed(rel: pg_sys::Relation) -> u64 {
+    let oldest = pg_sys::GetOldestNonRemovableTransactionId(rel).into_inner();
+    let next = pg_sys::ReadNextFullTransactionId().value;
+    let next32 = next as u32;
+    next - (next32.wrapping_sub(oldest) as u64)
+}
+
+/// Copies the metapage fields.
+unsafe fn read_meta(rel: pg_sys::Relation) -> Meta {
+    let (m, _) = pages::read_verified(rel, 0, Lock::Share, std::ptr::null_mut());
+    Meta::read(m.page())
+}
+
+/// The normal row at `off` of a page, if any.
+fn row_at(p: &[u8], off: u16) -> Option<&[u8]> {
+    if off == 0 || off as usize > page::line_pointer_count(p) {
+        return None;
+    }
+    let lp = page::line_pointer(p, off as usize);
+    (lp.flags == LP_NORMAL).then(|| &p[lp.off..lp.off + lp.len])
+}
+
+/// Resolves one discardable record: rolls back an aborted change, prunes a committed delete.
+unsafe fn settle(
+    rel: pg_sys::Relation,
+    ptr: UndoPtr,
+    r: &UndoRecord,
+    st: &mut VacuumStats,
+    meta_dead: &mut u64,
+) {
+    let committed = writer_status(r.xid) == WriterStatus::Committed;
+    if r.tid_blk == 0 || r.tid_blk >= pages::nblocks(rel) {
+        return;
+    }
+    match r.kind {
+        UndoKind::Insert => {
+            if committed {
+                return;
+            }
+            let (b, valid) =
+                pages::read_verified(rel, r.tid_blk, Lock::Exclusive, std::ptr::null_mut());
+            if !valid || page::kind(b.page()) != Some(PageKind::Data) {
+                return;
+            }
+            let p = b.page();
+            let victims: Vec<u16> = (1..=page::line_pointer_count(p) as u16)
+                .filter(|&o| {
+                    row_at(p, o).is_some_and(|row| {
+                        let h = RowHeader::read(row);
+                        h.xid == r.xid && h.undo.is_none() || h.xid == r.xid && h.is_speculative()
+                    })
+                })
+                .collect();
+            if victims.is_empty() {
+                return;
+            }
+            st.rows_rolled_back += victims.len() as i64;
+            *meta_dead += victims.len() as u64;
+            wal::edit_page(rel, &b, |img| {
+                for &o in &victims {
+                    let mut lp = page::line_pointer(img, o as usize);
+                    st.bytes_reclaimed += lp.len as i64;
+                    lp.flags = LP_DEAD;
+                    lp.off = 0;
+                    lp.len = 0;
+                    page::set_line_pointer(img, o as usize, lp);
+                }
+                repair_fragmentation(img);
+            });
+            pages::record_free(rel, r.tid_blk, b.page());
+        }
+        UndoKind::Update | UndoKind::Delete | UndoKind::Moved => {
+            let (b, valid) =
+                pages::read_verified(rel, r.tid_blk, Lock::Exclusive, std::ptr::null_mut());
+            if !valid || page::kind(b.page()) != Some(PageKind::Data) {
+                return;
+            }
+            let Some(row) = row_at(b.page(), r.tid_off) else {
+                return;
+            };
+            let h = RowHeader::read(row);
+            if h.xid != r.xid || h.undo != ptr {
+                // The row has moved on: a later change, resolved on its own.
+                return;
+            }
+            if !committed {
+                st.rows_rolled_back += 1;
+                wal::overwrite_row(rel, &b, r.tid_off, r.image);
+            } else if h.is_deleted() {
+                st.rows_reclaimed += 1;
+                *meta_dead += 1;
+                let off = r.tid_off as usize;
+                wal::edit_page(rel, &b, |img| {
+                    let mut lp = page::line_pointer(img, off);
+                    st.bytes_reclaimed += lp.len as i64;
+                    lp.flags = LP_DEAD;
+                    lp.off = 0;
+                    lp.len = 0;
+                    page::set_line_pointer(img, off, lp);
+                    repair_fragmentation(img);
+                });
+                pages::record_free(rel, r.tid_blk, b.page());
+            }
+        }
+    }
+}
+
+/// Compacts a page image after items lost their storage.
+fn repair_fragmentation(img: &mut [u8]) {
+    // SAFETY: a page image with a valid header.
+    unsafe { pg_sys::PageRepairFragmentation(img.as_mut_ptr() as pg_sys::Page) }
+}
+
+/// Discards what undo no snapshot needs, and advances the resolved horizon.
+///
+/// # Safety
+/// `rel` must be an open torii table (any lock that allows writes by others is fine).
+pub unsafe fn discard(rel: pg_sys::Relation, st: &mut VacuumStats) {
+    if pages::nblocks(rel) == 0 {
+        return;
+    }
+    let oldest = oldest_needed(rel);
+    let meta0 = read_meta(rel);
+    st.horizon_before = meta0.horizon as i64;
+    let mut dead_added = 0u64;
+    let mut copy = vec![0u8; page::BLCKSZ];
+    'pages: loop {
+        pgrx::check_for_interrupts!();
+        let head = read_meta(rel).undo_head;
+        if head == NO_BLOCK {
+            break;
+        }
+        if pages::copy_page(rel, head, std::ptr::null_mut(), &mut copy) != Some(PageKind::Undo) {
+            break;
+        }
+        let n = page::line_pointer_count(&copy);
+        let mut bytes = 0i64;
+        for off in 1..=n as u16 {
+            let lp = page::line_pointer(&copy, off as usize);
+            if lp.flags != LP_NORMAL {
+                continue;
+            }
+            let rec = &copy[lp.off..lp.off + lp.len];
+            let r = match UndoRecord::decode(rec) {
+                Ok(r) => r,
+                Err(e) => pages::report_corrupt(rel, head, &page::PageError::Malformed(e)),
+            };
+            let status = writer_status(r.xid);
+            if r.xid >= oldest || matches!(status, WriterStatus::InProgress | WriterStatus::Current)
+            {
+                break 'pages;
+            }
+            settle(rel, UndoPtr { blk: head, off }, &r, st, &mut dead_added);
+            bytes += lp.len as i64;
+        }
+        // Every record is settled: unlink the page (head page, then metapage: lock order).
+        let hb = LockedBuffer::read(rel, head, Lock::Exclusive, std::ptr::null_mut());
+        if page::line_pointer_count(hb.page()) != n || page::kind(hb.page()) != Some(PageKind::Undo)
+        {
+            continue; // records were appended meanwhile (it is the tail): look again
+        }
+        let (mb, _) = pages::read_verified(rel, 0, Lock::Exclusive, std::ptr::null_mut());
+        let mut m = Meta::read(mb.page());
+        if m.undo_head != head {
+            continue;
+        }
+        let next = page::read_special(hb.page()).next;
+        m.undo_head = next;
+        if next == NO_BLOCK {
+            m.undo_tail = NO_BLOCK;
+        }
+        m.undo_discarded += bytes as u64;
+        m.pending_dead += dead_added;
+        dead_added = 0;
+        wal::edit_pages(rel, &[&hb, &mb], |imgs| {
+            page::init_page(imgs[0], PageKind::Free);
+            m.write(imgs[1]);
+        });
+        st.undo_records_discarded += n as i64;
+        st.undo_bytes_discarded += bytes;
+        st.undo_pages_freed += 1;
+        pages::record_free(rel, head, hb.page());
+    }
+    // Horizon: the smallest xid still in undo, or the oldest one any snapshot may need.
+    let mut horizon = oldest;
+    let mut blk = read_meta(rel).undo_head;
+    let mut seen = 0;
+    while blk != NO_BLOCK && seen < 1_000_000 {
+        seen += 1;
+        if pages::copy_page(rel, blk, std::ptr::null_mut(), &mut copy) != Some(PageKind::Undo) {
+            break;
+        }
+        for off in 1..=page::line_pointer_count(&copy) {
+            let lp = page::line_pointer(&copy, off);
+            if lp.flags == LP_NORMAL {
+                if let Ok(r) = UndoRecord::decode(&copy[lp.off..lp.off + lp.len]) {
+                    horizon = horizon.min(r.xid);
+                }
+            }
+        }
+        blk = page::read_special(&copy).next;
+    }
+    let (mb, _) = pages::read_verified(rel, 0, Lock::Exclusive, std::ptr::null_mut());
+    let mut m = Meta::read(mb.page());
+    if horizon > m.horizon || dead_added > 0 {
+        m.horizon = m.horizon.max(horizon);
+        m.pending_dead += dead_added;
+        wal::edit_page(rel, &mb, |img| m.write(img));
+    }
+    st.horizon_after = m.horizon as i64;
+}
+
+/// The resolved horizon of a table (0 before its first discard).
+///
+/// # Safety
+/// `rel` must be an open torii table.
+pub unsafe fn horizon(rel: pg_sys::Relation) -> u64 {
+    if pages::nblocks(rel) == 0 {
+        return 0;
+    }
+    read_meta(rel).horizon
+}
+
+/// Removes index entries of dead line pointers, then frees the pointers.
+unsafe fn clean_dead_pointers(
+    rel: pg_sys::Relation,
+    bstrategy: pg_sys::BufferAccessStrategy,
+    st: &mut VacuumStats,
+) {
+    let nblocks = pages::nblocks(rel);
+    let mut dead: Vec<i64> = Vec::new();
+    let mut copy = vec![0u8; page::BLCKSZ];
+    for blk in 1..nblocks {
+        pgrx::check_for_interrupts!();
+        if pages::copy_page(rel, blk, bstrategy, &mut copy) != Some(PageKind::Data) {
+            continue;
+        }
+        for off in 1..=page::line_pointer_count(&copy) {
+            if page::line_pointer(&copy, off).flags == LP_DEAD {
+                dead.push(((blk as i64) << 16) | off as i64);
+            }
+        }
+    }
+    if !dead.is_empty() {
+        let mut nindexes = 0;
+        let mut irel: *mut pg_sys::Relation = std::ptr::null_mut();
+        pg_sys::vac_open_indexes(
+            rel,
+            pg_sys::RowExclusiveLock as i32,
+            &mut nindexes,
+            &mut irel,
+        );
+        for i in 0..nindexes as usize {
+            let mut info = pg_sys::IndexVacuumInfo {
+                index: *irel.add(i),
+                analyze_only: false,
+                report_progress: false,
+                estimated_count: true,
+                message_level: pg_sys::DEBUG2 as i32,
+                num_heap_tuples: (*(*rel).rd_rel).reltuples as f64,
+                strategy: bstrategy,
+            };
+            let stats = pg_sys::index_bulk_delete(
+                &mut info,
+                std::ptr::null_mut(),
+                Some(dead_tid_callback),
+                &mut dead as *mut Vec<i64> as *mut std::ffi::c_void,
+            );
+            let stats = pg_sys::index_vacuum_cleanup(&mut info, stats);
+            if !stats.is_null() {
+                pg_sys::pfree(stats as *mut _);
+            }
+        }
+        pg_sys::vac_close_indexes(nindexes, irel, pg_sys::NoLock as i32);
+        // Index entries are gone: the pointers can be reused.
+        let mut i = 0;
+        while i < dead.len() {
+            let blk = (dead[i] >> 16) as u32;
+            let mut offs = vec![];
+            while i < dead.len() && (dead[i] >> 16) as u32 == blk {
+                offs.push((dead[i] & 0xffff) as usize);
+                i += 1;
+            }
+            let b = LockedBuffer::read(rel, blk, Lock::Exclusive, bstrategy);
+            wal::edit_page(rel, &b, |img| {
+                for &o in &offs {
+                    let mut lp = page::line_pointer(img, o);
+                    if lp.flags == LP_DEAD {
+                        lp.flags = LP_UNUSED;
+                        page::set_line_pointer(img, o, lp);
+                    }
+                }
+                // Lets PageAddItem reuse the unused pointers.
+                repair_fragmentation(img);
+            });
+            pages::record_free(rel, blk, b.page());
+            st.dead_pointers_freed += offs.len() as i64;
+        }
+    }
+    let (mb, _) = pages::read_verified(rel, 0, Lock::Exclusive, std::ptr::null_mut());
+    let mut m = Meta::read(mb.page());
+    m.pending_dead = 0;
+    wal::edit_page(rel, &mb, |img| m.write(img));
+}
+
+/// `IndexBulkDeleteCallback`: is this TID one of the dead ones (sorted)?
+#[pg_guard]
+unsafe extern "C-unwind" fn dead_tid_callback(
+    itemptr: pg_sys::ItemPointer,
+    state: *mut std::ffi::c_void,
+) -> bool {
+    let dead = &*(state as *const Vec<i64>);
+    let (b, o) = crate::storage::tid_parts(&*itemptr);
+    dead.binary_search(&(((b as i64) << 16) | o as i64)).is_ok()
+}
+
+/// Discard, clean dead pointers when there are any, and report the horizon as relfrozenxid.
+///
+/// # Safety
+/// `rel` must be an open torii table locked by VACUUM (ShareUpdateExclusiveLock).
+pub unsafe fn vacuum(
+    rel: pg_sys::Relation,
+    bstrategy: pg_sys::BufferAccessStrategy,
+) -> VacuumStats {
+    let mut st = VacuumStats::default();
+    discard(rel, &mut st);
+    if pages::nblocks(rel) > 0 && read_meta(rel).pending_dead > 0 {
+        clean_dead_pointers(rel, bstrategy, &mut st);
+    }
+    st
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn relation_vacuum(
+    rel: pg_sys::Relation,
+    _params: *mut pg_sys::VacuumParams,
+    bstrategy: pg_sys::BufferAccessStrategy,
+) {
+    let st = vacuum(rel, bstrategy);
+    // relfrozenxid: every xid below the horizon is resolved in this table, so CLOG below it
+    // may go. Never move it backwards, nor past what PostgreSQL allows.
+    let h = horizon(rel);
+    let frozen = if h == 0 {
+        pg_sys::InvalidTransactionId
+    } else {
+        pg_sys::TransactionId::from_inner(h as u32)
+    };
+    let nblocks = pages::nblocks(rel);
+    pg_sys::vac_update_relstats(
+        rel,
+        nblocks,
+        -1.0,
+        0,
+        (*(*rel).rd_rel).relhasindex,
+        frozen,
+        pg_sys::MultiXactId::INVALID,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+        false,
+    );
+    let _ = tid;
+    debug1!(
+        "torii: vacuum of \"{}\": {:?}",
+        crate::storage::rel_name(rel),
+        st
+    );
+}
