@@ -18,7 +18,9 @@ unsafe fn fetch_into(
     slot: *mut pg_sys::TupleTableSlot,
 ) -> bool {
     let (blk, off) = tid_parts(tid);
-    if blk == 0 || blk >= pages::nblocks(rel) || off == 0 {
+    // Index entries and the executor's TIDs point inside the table (TID scans check
+    // tuple_tid_valid first), so no size lookup is needed here.
+    if blk == 0 || off == 0 {
         return false;
     }
     let (b, valid) = pages::read_verified(rel, blk, Lock::Share, std::ptr::null_mut());
@@ -39,17 +41,22 @@ unsafe fn fetch_into(
             &page::PageError::Malformed(format!("row {off}: {e}")),
         );
     }
-    match snap.resolve(rel, row) {
-        Version::None => false,
-        Version::Current(r) => {
-            store_copy(rel, r, *tid, slot);
-            true
-        }
-        Version::Old(img) => {
-            store_copy(rel, &img, *tid, slot);
-            true
-        }
+    let version: Option<Vec<u8>> = match snap.resolve(rel, row) {
+        Version::None => None,
+        Version::Current(r) => Some(r.to_vec()),
+        Version::Old(img) => Some(img),
+    };
+    drop(b);
+    let Some(v) = version else {
+        return false;
+    };
+    if !snap.raw.is_null() && (*snap.raw).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_MVCC {
+        let writer = torii_core::row::RowHeader::read(&v).xid;
+        let mut t = *tid;
+        crate::pg_extra::PredicateLockTID(rel, &mut t, snap.raw, super::visibility::xid_of(writer));
     }
+    store_copy(rel, &v, *tid, slot);
+    true
 }
 
 /// Stores a palloc'd copy of `row` in `slot` (freed with the slot's contents).

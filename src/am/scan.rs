@@ -224,6 +224,19 @@ pub unsafe extern "C-unwind" fn scan_begin(
     if flags & pg_sys::ScanOptions::SO_TYPE_SEQSCAN != 0 {
         count_scan(rel);
     }
+    // SERIALIZABLE: a scan that reads the whole table (or any of it, for bitmap and sample
+    // scans, more coarsely than heap's per-tuple locks) takes a relation predicate lock.
+    if flags
+        & (pg_sys::ScanOptions::SO_TYPE_SEQSCAN
+            | pg_sys::ScanOptions::SO_TYPE_SAMPLESCAN
+            | pg_sys::ScanOptions::SO_TYPE_BITMAPSCAN
+            | pg_sys::ScanOptions::SO_TYPE_TIDRANGESCAN)
+        != 0
+        && !snapshot.is_null()
+        && (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_MVCC
+    {
+        crate::pg_extra::PredicateLockRelation(rel, snapshot);
+    }
     if !pscan.is_null() {
         scan.pwork =
             pg_sys::palloc0(std::mem::size_of::<pg_sys::ParallelBlockTableScanWorkerData>())

@@ -2,6 +2,7 @@
 //! system and applies the rules to stored rows.
 
 use pgrx::pg_sys;
+use std::cell::Cell;
 use torii_core::row::RowHeader;
 use torii_core::visibility::{change_effect, Effect, SnapshotKind, XactOracle};
 
@@ -11,24 +12,54 @@ fn xid32(xid: u64) -> pg_sys::TransactionId {
     pg_sys::TransactionId::from_inner(xid as u32)
 }
 
+/// Answers from PostgreSQL, remembering the last answer per question: rows come in runs
+/// written by one transaction, and within one scan the answers for a writer do not change.
 pub struct PgOracle {
     snapshot: pg_sys::Snapshot,
+    running: Cell<(u64, bool)>,
+    /// Last writer known committed (final once true).
+    committed: Cell<u64>,
+}
+
+impl PgOracle {
+    fn new(snapshot: pg_sys::Snapshot) -> PgOracle {
+        PgOracle {
+            snapshot,
+            running: Cell::new((0, false)),
+            committed: Cell::new(0),
+        }
+    }
 }
 
 impl XactOracle for PgOracle {
     fn is_current(&self, xid: u64) -> bool {
+        // Not remembered: a cursor's scan outlives ROLLBACK TO SAVEPOINT.
         // SAFETY: plain transaction-state lookups.
         unsafe { pg_sys::TransactionIdIsCurrentTransactionId(xid32(xid)) }
     }
     fn running_in_snapshot(&self, xid: u64) -> bool {
+        let (x, v) = self.running.get();
+        if x == xid {
+            return v;
+        }
         // SAFETY: snapshot is a live MVCC snapshot when this is asked.
-        unsafe { pg_sys::XidInMVCCSnapshot(xid32(xid), self.snapshot) }
+        let v = unsafe { pg_sys::XidInMVCCSnapshot(xid32(xid), self.snapshot) };
+        self.running.set((xid, v));
+        v
     }
     fn in_progress(&self, xid: u64) -> bool {
         unsafe { pg_sys::TransactionIdIsInProgress(xid32(xid)) }
     }
     fn did_commit(&self, xid: u64) -> bool {
-        unsafe { pg_sys::TransactionIdDidCommit(xid32(xid)) }
+        if self.committed.get() == xid {
+            return true;
+        }
+        // SAFETY: plain CLOG lookup.
+        let v = unsafe { pg_sys::TransactionIdDidCommit(xid32(xid)) };
+        if v {
+            self.committed.set(xid);
+        }
+        v
     }
 }
 
@@ -65,7 +96,7 @@ impl Snap {
         Snap {
             raw: snapshot,
             kind,
-            oracle: PgOracle { snapshot },
+            oracle: PgOracle::new(snapshot),
         }
     }
 
@@ -74,9 +105,7 @@ impl Snap {
         Snap {
             raw: std::ptr::null_mut(),
             kind,
-            oracle: PgOracle {
-                snapshot: std::ptr::null_mut(),
-            },
+            oracle: PgOracle::new(std::ptr::null_mut()),
         }
     }
 

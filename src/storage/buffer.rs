@@ -22,6 +22,14 @@ impl Lock {
 pub struct LockedBuffer {
     buf: pg_sys::Buffer,
     lock: Lock,
+    /// Whether reading it took a read from disk (into shared or local buffers) by this backend.
+    pub from_disk: bool,
+}
+
+/// Blocks this backend has read from disk so far.
+fn blocks_read() -> i64 {
+    // SAFETY: a plain read of this backend's counters.
+    unsafe { pg_sys::pgBufferUsage.shared_blks_read + pg_sys::pgBufferUsage.local_blks_read }
 }
 
 impl LockedBuffer {
@@ -35,6 +43,7 @@ impl LockedBuffer {
         lock: Lock,
         strategy: pg_sys::BufferAccessStrategy,
     ) -> LockedBuffer {
+        let before = blocks_read();
         let buf = pg_sys::ReadBufferExtended(
             rel,
             pg_sys::ForkNumber::MAIN_FORKNUM,
@@ -42,9 +51,14 @@ impl LockedBuffer {
             pg_sys::ReadBufferMode::RBM_NORMAL,
             strategy,
         );
+        let from_disk = blocks_read() != before;
         // If LockBuffer raises an ERROR, the pin is released by the resource owner at abort.
         pg_sys::LockBuffer(buf, lock.mode());
-        LockedBuffer { buf, lock }
+        LockedBuffer {
+            buf,
+            lock,
+            from_disk,
+        }
     }
 
     /// Reads block `blk` and takes its exclusive lock only if that needs no waiting.
@@ -55,6 +69,7 @@ impl LockedBuffer {
         rel: pg_sys::Relation,
         blk: pg_sys::BlockNumber,
     ) -> Option<LockedBuffer> {
+        let before = blocks_read();
         let buf = pg_sys::ReadBufferExtended(
             rel,
             pg_sys::ForkNumber::MAIN_FORKNUM,
@@ -62,10 +77,12 @@ impl LockedBuffer {
             pg_sys::ReadBufferMode::RBM_NORMAL,
             std::ptr::null_mut(),
         );
+        let from_disk = blocks_read() != before;
         if pg_sys::ConditionalLockBuffer(buf) {
             Some(LockedBuffer {
                 buf,
                 lock: Lock::Exclusive,
+                from_disk,
             })
         } else {
             pg_sys::ReleaseBuffer(buf);

@@ -29,16 +29,78 @@ pub unsafe fn report_corrupt(rel: pg_sys::Relation, blk: u32, err: &page::PageEr
     unreachable!()
 }
 
+thread_local! {
+    /// Pages this backend has verified, by shared buffer: (tablespace, database, relation,
+    /// block, checksum). A buffer whose tag and stored checksum are unchanged since it was
+    /// verified (or since this backend wrote it) needs no second CRC pass: every change of a
+    /// torii page stamps a new checksum. A page this backend reads from disk is always checked.
+    static VERIFIED: std::cell::RefCell<Vec<[u32; 5]>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn cache_entry(rel: pg_sys::Relation, blk: u32, p: &[u8]) -> [u32; 5] {
+    // SAFETY: rel is open.
+    let n = unsafe { (*rel).rd_node };
+    [
+        n.spcNode.into(),
+        n.dbNode.into(),
+        n.relNode.into(),
+        blk,
+        page::read_special(p).crc,
+    ]
+}
+
+/// Whether the locked buffer's page was verified before in its current state.
+fn known_good(rel: pg_sys::Relation, b: &LockedBuffer, p: &[u8]) -> bool {
+    let id = b.buffer();
+    if id <= 0 || b.from_disk {
+        return false;
+    }
+    let e = cache_entry(rel, b.block(), p);
+    VERIFIED.with(|v| v.borrow().get(id as usize - 1) == Some(&e))
+}
+
+/// Records that the locked buffer's page is valid in its current state.
+pub fn remember_good(rel: pg_sys::Relation, b: &LockedBuffer) {
+    remember_written(rel, b.buffer(), b.block());
+}
+
+/// Records a page this backend has just written (still locked) as valid.
+pub fn remember_written(rel: pg_sys::Relation, buf: pg_sys::Buffer, blk: u32) {
+    if buf <= 0 {
+        return;
+    }
+    // SAFETY: the buffer is pinned and locked by the writer; pages are BLCKSZ.
+    let p = unsafe {
+        std::slice::from_raw_parts(pg_sys::BufferGetPage(buf) as *const u8, page::BLCKSZ)
+    };
+    let e = cache_entry(rel, blk, p);
+    VERIFIED.with(|v| {
+        let mut v = v.borrow_mut();
+        if v.is_empty() {
+            // SAFETY: NBuffers is fixed for the life of the server.
+            v.resize(unsafe { pg_sys::NBuffers } as usize, [0; 5]);
+        }
+        if let Some(slot) = v.get_mut(buf as usize - 1) {
+            *slot = e;
+        }
+    });
+}
+
 /// Checks a locked page, raising XX001 when it is damaged. Returns false for a new (all-zero)
 /// page, which holds nothing.
-pub fn check(rel: pg_sys::Relation, blk: u32, p: &[u8]) -> bool {
+pub fn check_locked(rel: pg_sys::Relation, b: &LockedBuffer) -> bool {
+    let p = b.page();
+    if known_good(rel, b, p) {
+        return true;
+    }
     if page::is_new(p) {
         return false;
     }
     if let Err(e) = page::verify(p) {
         // SAFETY: rel is open (we hold a buffer of it).
-        unsafe { report_corrupt(rel, blk, &e) }
+        unsafe { report_corrupt(rel, b.block(), &e) }
     }
+    remember_good(rel, b);
     true
 }
 
@@ -53,7 +115,7 @@ pub unsafe fn read_verified(
     strategy: pg_sys::BufferAccessStrategy,
 ) -> (LockedBuffer, bool) {
     let b = LockedBuffer::read(rel, blk, lock, strategy);
-    let valid = check(rel, blk, b.page());
+    let valid = check_locked(rel, &b);
     (b, valid)
 }
 
@@ -69,9 +131,13 @@ pub unsafe fn copy_page(
     strategy: pg_sys::BufferAccessStrategy,
     dst: &mut [u8],
 ) -> Option<PageKind> {
-    {
+    let good = {
         let b = LockedBuffer::read(rel, blk, Lock::Share, strategy);
         dst.copy_from_slice(b.page());
+        known_good(rel, &b, dst)
+    };
+    if good {
+        return page::kind(dst);
     }
     if page::is_new(dst) {
         return None;
@@ -200,11 +266,14 @@ pub unsafe fn find_room(
     len: usize,
     strategy: pg_sys::BufferAccessStrategy,
 ) -> Target {
-    ensure_metapage(rel);
+    // The cached target block exists (smgr forgets it when the relation is truncated), so no
+    // size lookup is needed on this path.
     let smgr = pg_sys::RelationGetSmgr(rel);
     let mut blk = (*smgr).smgr_targblock;
-    let nblocks = nblocks(rel);
-    if blk == pg_sys::InvalidBlockNumber || blk >= nblocks || blk == 0 {
+    let mut nblocks = u32::MAX;
+    if blk == pg_sys::InvalidBlockNumber || blk == 0 {
+        ensure_metapage(rel);
+        nblocks = self::nblocks(rel);
         blk = pg_sys::GetPageWithFreeSpace(rel, space_needed(len));
     }
     let mut tries = 0;
@@ -219,9 +288,7 @@ pub unsafe fn find_room(
                 format: true,
             };
         }
-        if let Err(e) = page::verify(p) {
-            report_corrupt(rel, blk, &e)
-        }
+        check_locked(rel, &b);
         if page::kind(p) == Some(PageKind::Free) {
             // A page freed by undo discard: format it anew.
             (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = blk;
@@ -244,6 +311,9 @@ pub unsafe fn find_room(
         };
         drop(b);
         blk = pg_sys::RecordAndGetPageWithFreeSpace(rel, blk, free, space_needed(len));
+        if nblocks == u32::MAX {
+            nblocks = self::nblocks(rel);
+        }
     }
     let b = extend(rel, strategy);
     (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = b.block();

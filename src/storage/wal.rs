@@ -21,6 +21,8 @@ pub struct PageEdit {
     state: *mut pg_sys::GenericXLogState,
     images: [*mut u8; 4],
     n: usize,
+    rel: pg_sys::Relation,
+    bufs: [(pg_sys::Buffer, u32); 4],
 }
 
 impl PageEdit {
@@ -31,6 +33,8 @@ impl PageEdit {
             state: pg_sys::GenericXLogStart(rel),
             images: [std::ptr::null_mut(); 4],
             n: 0,
+            rel,
+            bufs: [(0, 0); 4],
         }
     }
 
@@ -50,6 +54,7 @@ impl PageEdit {
         // SAFETY: state is open; the buffer is pinned and exclusively locked by `buf`.
         let img = unsafe { pg_sys::GenericXLogRegisterBuffer(self.state, buf.buffer(), flags) };
         self.images[self.n] = img as *mut u8;
+        self.bufs[self.n] = (buf.buffer(), buf.block());
         self.n += 1;
         self.n - 1
     }
@@ -69,6 +74,10 @@ impl PageEdit {
         let state = std::mem::replace(&mut self.state, std::ptr::null_mut());
         // SAFETY: state is open; GenericXLogFinish frees it.
         unsafe { pg_sys::GenericXLogFinish(state) };
+        // The pages we just stamped are valid: spare the next reader the CRC pass.
+        for &(buf, blk) in &self.bufs[..self.n] {
+            super::pages::remember_written(self.rel, buf, blk);
+        }
     }
 }
 
