@@ -132,3 +132,92 @@ pub fn assert_verify_clean(client: &mut Client, table: &str) -> Result<()> {
         Err(err(format!("torii.verify({table}) reports: {problems:?}")))
     }
 }
+
+/// One row of `torii.stats(table)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ToriiStats {
+    pub pages: i64,
+    pub data_pages: i64,
+    pub undo_pages: i64,
+    pub free_pages: i64,
+    pub live_rows: i64,
+    pub dead_rows: i64,
+    pub dead_pointers: i64,
+    pub free_bytes: i64,
+    pub undo_records: i64,
+    pub undo_bytes: i64,
+    pub oldest_undo_xid: Option<i64>,
+    pub oldest_undo_age: Option<i64>,
+    pub horizon: i64,
+}
+
+/// `torii.stats(table)` (xid8 columns as plain numbers).
+pub fn torii_stats(client: &mut Client, table: &str) -> Result<ToriiStats> {
+    let r = client.query_one(
+        "SELECT pages, data_pages, undo_pages, free_pages, live_rows, dead_rows, dead_pointers, \
+         free_bytes, undo_records, undo_bytes, oldest_undo_xid::text::bigint, oldest_undo_age, \
+         horizon::text::bigint FROM torii.stats($1::text::regclass)",
+        &[&table],
+    )?;
+    Ok(ToriiStats {
+        pages: r.get(0),
+        data_pages: r.get(1),
+        undo_pages: r.get(2),
+        free_pages: r.get(3),
+        live_rows: r.get(4),
+        dead_rows: r.get(5),
+        dead_pointers: r.get(6),
+        free_bytes: r.get(7),
+        undo_records: r.get(8),
+        undo_bytes: r.get(9),
+        oldest_undo_xid: r.get(10),
+        oldest_undo_age: r.get(11),
+        horizon: r.get(12),
+    })
+}
+
+/// One row of `torii.vacuum(table)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ToriiVacuum {
+    pub undo_records_discarded: i64,
+    pub undo_bytes_discarded: i64,
+    pub undo_pages_freed: i64,
+    pub rows_rolled_back: i64,
+    pub rows_reclaimed: i64,
+    pub bytes_reclaimed: i64,
+    pub dead_pointers_freed: i64,
+    pub horizon_before: i64,
+    pub horizon_after: i64,
+}
+
+/// `torii.vacuum(table)` (xid8 columns as plain numbers).
+pub fn torii_vacuum(client: &mut Client, table: &str) -> Result<ToriiVacuum> {
+    let r = client.query_one(
+        "SELECT undo_records_discarded, undo_bytes_discarded, undo_pages_freed, \
+         rows_rolled_back, rows_reclaimed, bytes_reclaimed, dead_pointers_freed, \
+         horizon_before::text::bigint, horizon_after::text::bigint \
+         FROM torii.vacuum($1::text::regclass)",
+        &[&table],
+    )?;
+    Ok(ToriiVacuum {
+        undo_records_discarded: r.get(0),
+        undo_bytes_discarded: r.get(1),
+        undo_pages_freed: r.get(2),
+        rows_rolled_back: r.get(3),
+        rows_reclaimed: r.get(4),
+        bytes_reclaimed: r.get(5),
+        dead_pointers_freed: r.get(6),
+        horizon_before: r.get(7),
+        horizon_after: r.get(8),
+    })
+}
+
+/// `torii.vacuum(table)` when torii is under test, plain `VACUUM table` otherwise.
+pub fn vacuum_table(client: &mut Client, table: &str) -> Result<()> {
+    if is_torii() {
+        torii_vacuum(client, table)?;
+    } else {
+        client.batch_execute(&format!("VACUUM {table}"))?;
+    }
+    Ok(())
+}

@@ -208,6 +208,7 @@ unsafe fn add_noted(
         tid_blk: blk,
         tid_off: 0,
         kind: torii_core::undo::UndoKind::Insert,
+        delta: false,
         image: &[],
     }
     .encode();

@@ -127,7 +127,10 @@ unsafe fn settle(
             }
             if !committed {
                 st.rows_rolled_back += 1;
-                wal::overwrite_row(rel, &b, r.tid_off, r.image);
+                let old = r.old_row(row).unwrap_or_else(|e| {
+                    pages::report_corrupt(rel, ptr.blk, &page::PageError::Malformed(e))
+                });
+                wal::overwrite_row(rel, &b, r.tid_off, &old);
             } else if h.is_deleted() {
                 st.rows_reclaimed += 1;
                 *meta_dead += 1;
@@ -158,6 +161,44 @@ fn repair_fragmentation(img: &mut [u8]) {
 /// # Safety
 /// `rel` must be an open torii table (any lock that allows writes by others is fine).
 pub unsafe fn discard(rel: pg_sys::Relation, st: &mut VacuumStats) {
+    discard_pages(rel, st);
+    advance_horizon(rel, st);
+}
+
+/// Undo-producing writes per backend and table between two opportunistic discards.
+const DISCARD_EVERY: u32 = 256;
+
+thread_local! {
+    static WRITES: std::cell::RefCell<std::collections::HashMap<u32, u32>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Called by writers before they take any lock: every [`DISCARD_EVERY`] undo-producing writes
+/// of this backend to a table, discard what undo can go, so undo is recycled without VACUUM.
+///
+/// # Safety
+/// `rel` must be an open torii table; the caller holds no buffer locks.
+pub unsafe fn maybe_discard(rel: pg_sys::Relation) {
+    let key: u32 = (*rel).rd_node.relNode.into();
+    let due = WRITES.with(|w| {
+        let mut w = w.borrow_mut();
+        let n = w.entry(key).or_insert(0);
+        *n += 1;
+        if *n >= DISCARD_EVERY {
+            *n = 0;
+            true
+        } else {
+            false
+        }
+    });
+    if due {
+        let mut st = VacuumStats::default();
+        discard_pages(rel, &mut st);
+    }
+}
+
+/// The page-freeing part of [`discard`].
+unsafe fn discard_pages(rel: pg_sys::Relation, st: &mut VacuumStats) {
     if pages::nblocks(rel) == 0 {
         return;
     }
@@ -223,6 +264,25 @@ pub unsafe fn discard(rel: pg_sys::Relation, st: &mut VacuumStats) {
         st.undo_pages_freed += 1;
         pages::record_free(rel, head, hb.page());
     }
+    if dead_added > 0 {
+        let (mb, _) = pages::read_verified(rel, 0, Lock::Exclusive, std::ptr::null_mut());
+        let mut m = Meta::read(mb.page());
+        m.pending_dead += dead_added;
+        wal::edit_page(rel, &mb, |img| m.write(img));
+    }
+    if st.undo_pages_freed > 0 || st.rows_reclaimed > 0 || st.rows_rolled_back > 0 {
+        // Make the recorded free space visible to searches (the map's upper levels).
+        pg_sys::FreeSpaceMapVacuum(rel);
+    }
+}
+
+/// Recomputes the resolved horizon (reads every undo page: VACUUM only).
+unsafe fn advance_horizon(rel: pg_sys::Relation, st: &mut VacuumStats) {
+    if pages::nblocks(rel) == 0 {
+        return;
+    }
+    let oldest = oldest_needed(rel);
+    let mut copy = vec![0u8; page::BLCKSZ];
     // Horizon: the smallest xid still in undo, or the oldest one any snapshot may need.
     let mut horizon = oldest;
     let mut blk = read_meta(rel).undo_head;
@@ -244,9 +304,8 @@ pub unsafe fn discard(rel: pg_sys::Relation, st: &mut VacuumStats) {
     }
     let (mb, _) = pages::read_verified(rel, 0, Lock::Exclusive, std::ptr::null_mut());
     let mut m = Meta::read(mb.page());
-    if horizon > m.horizon || dead_added > 0 {
-        m.horizon = m.horizon.max(horizon);
-        m.pending_dead += dead_added;
+    if horizon > m.horizon {
+        m.horizon = horizon;
         wal::edit_page(rel, &mb, |img| m.write(img));
     }
     st.horizon_after = m.horizon as i64;
@@ -343,6 +402,8 @@ unsafe fn clean_dead_pointers(
     let mut m = Meta::read(mb.page());
     m.pending_dead = 0;
     wal::edit_page(rel, &mb, |img| m.write(img));
+    drop(mb);
+    pg_sys::FreeSpaceMapVacuum(rel);
 }
 
 /// `IndexBulkDeleteCallback`: is this TID one of the dead ones (sorted)?

@@ -159,8 +159,10 @@ impl Snap {
                         return Version::None;
                     }
                     let rec = crate::storage::undo::read_record(rel, h.undo);
-                    let image = match torii_core::undo::UndoRecord::decode(&rec) {
-                        Ok(r) => r.image.to_vec(),
+                    let image = match torii_core::undo::UndoRecord::decode(&rec)
+                        .and_then(|r| r.old_row(cur))
+                    {
+                        Ok(img) => img,
                         Err(e) => crate::storage::pages::report_corrupt(
                             rel,
                             h.undo.blk,

@@ -256,16 +256,20 @@ unsafe fn apply_change(
     kind: UndoKind,
     xid: u64,
     cid: u32,
-    make_row: impl FnOnce(row::UndoPtr) -> Vec<u8>,
+    make_row: impl Fn(row::UndoPtr) -> Vec<u8>,
 ) {
     let (blk, off) = tid_parts(&t);
+    // The record keeps only what differs from the new version (header always), which every
+    // reader of the record holds.
+    let delta = torii_core::undo::make_row_delta(old_row, &make_row(row::UndoPtr::NONE));
     let record = UndoRecord {
         xid,
         cid,
         tid_blk: blk,
         tid_off: off,
         kind,
-        image: old_row,
+        delta: true,
+        image: &delta,
     }
     .encode();
     if record.len() > undo::MAX_RECORD {
@@ -378,6 +382,7 @@ pub unsafe extern "C-unwind" fn tuple_delete(
     _changing_part: bool,
 ) -> pg_sys::TM_Result::Type {
     let t = *tidp;
+    super::vacuum::maybe_discard(rel);
     let xid = current_xid();
     let Some(_lock) = TupleLock::acquire(rel, t, pg_sys::AccessExclusiveLock as i32, wait) else {
         return pg_sys::TM_Result::TM_WouldBlock;
@@ -428,6 +433,7 @@ pub unsafe extern "C-unwind" fn tuple_update(
 ) -> pg_sys::TM_Result::Type {
     let t = *otid;
     let (blk, off) = tid_parts(&t);
+    super::vacuum::maybe_discard(rel);
     let xid = current_xid();
     let mut should_free = false;
     let newtup = pg_sys::ExecFetchSlotHeapTuple(slot, true, &mut should_free);
