@@ -1,6 +1,5 @@
 //! `torii.verify(regclass)`: one row per damaged or malformed page, none for a clean table.
 
-use crate::am;
 use crate::storage::buffer::{Lock, LockedBuffer};
 use crate::storage::pages;
 use pgrx::pg_sys;
@@ -8,6 +7,7 @@ use pgrx::prelude::*;
 use pgrx::PgRelation;
 use torii_core::meta::Meta;
 use torii_core::page::{self, PageKind};
+use torii_core::undo::UndoRecord;
 
 /// Checks one page image; returns the problems found.
 fn check_page(blk: u32, p: &[u8]) -> Vec<String> {
@@ -54,22 +54,90 @@ fn check_page(blk: u32, p: &[u8]) -> Vec<String> {
     problems
 }
 
+/// Follows the undo chain from the metapage: every page on it must be an undo page, the chain
+/// must end at the recorded tail without loops, and every record must decode and name a row
+/// inside the table.
+fn check_undo_chain(rel: pg_sys::Relation, nblocks: u32, out: &mut Vec<(i64, String)>) {
+    if nblocks == 0 {
+        return;
+    }
+    // SAFETY: block 0 exists; guards release pins and locks.
+    let meta = unsafe { LockedBuffer::read(rel, 0, Lock::Share, std::ptr::null_mut()) };
+    if page::verify(meta.page()).is_err() || Meta::check(meta.page()).is_err() {
+        return; // already reported for block 0
+    }
+    let m = Meta::read(meta.page());
+    drop(meta);
+    let mut blk = m.undo_head;
+    let mut last = page::NO_BLOCK;
+    let mut steps = 0u32;
+    while blk != page::NO_BLOCK {
+        if blk == 0 || blk >= nblocks {
+            out.push((
+                blk as i64,
+                format!("undo chain points to block {blk}, outside the table"),
+            ));
+            return;
+        }
+        steps += 1;
+        if steps > nblocks {
+            out.push((blk as i64, "undo chain loops".into()));
+            return;
+        }
+        // SAFETY: blk is inside the relation.
+        let b = unsafe { LockedBuffer::read(rel, blk, Lock::Share, std::ptr::null_mut()) };
+        let p = b.page();
+        if page::verify(p).is_err() {
+            return; // reported by the page pass
+        }
+        if page::kind(p) != Some(PageKind::Undo) {
+            out.push((
+                blk as i64,
+                "page on the undo chain is not an undo page".into(),
+            ));
+            return;
+        }
+        for off in 1..=page::line_pointer_count(p) {
+            let lp = page::line_pointer(p, off);
+            if lp.flags != page::LP_NORMAL {
+                continue;
+            }
+            if lp.off < page::pd_upper(p) || lp.off + lp.len > page::SPECIAL_OFFSET {
+                out.push((
+                    blk as i64,
+                    format!("undo record {off} points outside the page"),
+                ));
+                continue;
+            }
+            match UndoRecord::decode(&p[lp.off..lp.off + lp.len]) {
+                Err(e) => out.push((blk as i64, format!("undo record {off}: {e}"))),
+                Ok(r) if r.tid_blk == 0 || r.tid_blk >= nblocks => out.push((
+                    blk as i64,
+                    format!(
+                        "undo record {off} names block {}, outside the table",
+                        r.tid_blk
+                    ),
+                )),
+                Ok(_) => {}
+            }
+        }
+        last = blk;
+        blk = page::read_special(p).next;
+    }
+    if last != m.undo_tail {
+        out.push((
+            0,
+            format!("undo tail is {} but the chain ends at {last}", m.undo_tail),
+        ));
+    }
+}
+
 #[pg_extern(strict)]
 fn verify(rel: PgRelation) -> TableIterator<'static, (name!(blkno, i64), name!(problem, String))> {
     let raw = rel.as_ptr();
-    // SAFETY: PgRelation holds the relation open with AccessShareLock.
+    super::maintenance::require_torii(&rel);
+    // SAFETY: privilege lookup on an open relation.
     unsafe {
-        if (*(*raw).rd_rel).relkind as u8 != pg_sys::RELKIND_RELATION
-            && (*(*raw).rd_rel).relkind as u8 != pg_sys::RELKIND_MATVIEW
-            || (*raw).rd_tableam.is_null()
-            || !am::is_torii(raw)
-        {
-            ereport!(
-                PgLogLevel::ERROR,
-                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-                format!("\"{}\" is not a torii table", rel.name())
-            );
-        }
         let acl = pg_sys::pg_class_aclcheck(rel.oid(), pg_sys::GetUserId(), pg_sys::ACL_SELECT);
         if acl != pg_sys::AclResult::ACLCHECK_OK {
             pg_sys::aclcheck_error(
@@ -89,5 +157,6 @@ fn verify(rel: PgRelation) -> TableIterator<'static, (name!(blkno, i64), name!(p
             out.push((blk as i64, problem));
         }
     }
+    check_undo_chain(raw, n, &mut out);
     TableIterator::new(out)
 }
