@@ -192,6 +192,84 @@ impl Cluster {
     /// initdb a new cluster (not started) with extra initdb arguments (e.g.
     /// `--data-checksums`) and extra `postgresql.conf` lines.
     pub fn with_options(name: &str, initdb_args: &[&str], extra_conf: &[&str]) -> Result<Cluster> {
+        let cluster = Self::allocate(name)?;
+        cluster.initdb(initdb_args)?;
+        cluster.append_standard_conf(extra_conf)?;
+        Ok(cluster)
+    }
+
+    /// A hot standby of `primary` (not started): a new cluster directory whose data directory is
+    /// a `pg_basebackup -X stream -R` of the running `primary` (so it holds `standby.signal` and
+    /// a `primary_conninfo` over the primary's unix socket in `postgresql.auto.conf`). The
+    /// standard harness settings (its own socket directory and port) are appended to the copied
+    /// `postgresql.conf`, then `extra_conf` (later lines win: e.g.
+    /// `shared_preload_libraries = ''` so that the standby does not preload what the primary
+    /// does). The primary needs `wal_level = replica` (the default) and free WAL senders.
+    pub fn standby_of(primary: &Cluster, name: &str, extra_conf: &[&str]) -> Result<Cluster> {
+        let cluster = Self::allocate(name)?;
+        let out = cluster
+            .pg_command("pg_basebackup")
+            .arg("-D")
+            .arg(&cluster.data)
+            .arg("-h")
+            .arg(&primary.sock)
+            .arg("-p")
+            .arg(primary.port.to_string())
+            .args([
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-R",
+                "-c",
+                "fast",
+                "--no-sync",
+            ])
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "pg_basebackup of {} failed ({}):\n{}{}",
+                primary.name,
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        if !cluster.data.join("standby.signal").exists() {
+            return Err(err("pg_basebackup -R wrote no standby.signal"));
+        }
+        cluster.append_standard_conf(extra_conf)?;
+        Ok(cluster)
+    }
+
+    /// Wait until this (standby) server has replayed WAL up to `lsn` (text form, e.g. a
+    /// primary's `pg_current_wal_lsn()`), or fail after `timeout`.
+    pub fn wait_for_replay(&self, lsn: &str, timeout: Duration) -> Result<()> {
+        let mut c = self.connect("postgres")?;
+        let t0 = Instant::now();
+        loop {
+            let row = c.query_one(
+                "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false), \
+                 pg_last_wal_replay_lsn()::text",
+                &[&lsn],
+            )?;
+            if row.get::<_, bool>(0) {
+                return Ok(());
+            }
+            if t0.elapsed() > timeout {
+                let at: Option<String> = row.get(1);
+                return Err(err(format!(
+                    "{} did not replay up to {lsn} within {timeout:?} (replayed up to {at:?})",
+                    self.name
+                )));
+            }
+            sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A new cluster directory (base, socket dir, port), no data directory yet.
+    fn allocate(name: &str) -> Result<Cluster> {
         let user = os_user()?;
         let bindir = pg_bindir();
         let n = CLUSTER_COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -230,12 +308,16 @@ impl Cluster {
         };
         cluster.chown(&cluster.base)?;
         cluster.chown(&cluster.sock)?;
-        cluster.initdb(initdb_args)?;
+        Ok(cluster)
+    }
+
+    /// Append the standard harness settings, then `extra_conf`, to postgresql.conf.
+    fn append_standard_conf(&self, extra_conf: &[&str]) -> Result<()> {
         let mut conf = vec![
             "# --- torii harness settings ---".to_string(),
             "listen_addresses = ''".into(),
-            format!("unix_socket_directories = '{}'", cluster.sock.display()),
-            format!("port = {}", cluster.port),
+            format!("unix_socket_directories = '{}'", self.sock.display()),
+            format!("port = {}", self.port),
             "fsync = on".into(),
             "shared_buffers = 128MB".into(),
             "max_wal_size = 2GB".into(),
@@ -252,8 +334,7 @@ impl Cluster {
             "# --- extra settings ---".into(),
         ];
         conf.extend(extra_conf.iter().map(|s| s.to_string()));
-        cluster.append_conf(&conf.iter().map(|s| s.as_str()).collect::<Vec<_>>())?;
-        Ok(cluster)
+        self.append_conf(&conf.iter().map(|s| s.as_str()).collect::<Vec<_>>())
     }
 
     fn chown(&self, p: &Path) -> Result<()> {

@@ -124,6 +124,8 @@ pub struct Sessions {
     step_timeout: Duration,
     poll: Duration,
     transcript: String,
+    /// Blocked steps that completed during later steps, not yet taken.
+    completed: Vec<Completion>,
 }
 
 fn run_sql(client: &mut Client, sql: &str) -> Outcome {
@@ -207,6 +209,7 @@ impl Sessions {
             step_timeout: Duration::from_secs(60),
             poll: Duration::from_millis(10),
             transcript: String::new(),
+            completed: Vec::new(),
         })
     }
 
@@ -303,11 +306,13 @@ impl Sessions {
                 self.transcript
                     .push_str(&format!("step {name}: <... completed>\n"));
                 outcome.render(&mut self.transcript);
-                done.push(Completion {
+                let c = Completion {
                     session: name,
                     sql,
                     outcome,
-                });
+                };
+                self.completed.push(c.clone());
+                done.push(c);
             }
         }
         Ok(done)
@@ -390,6 +395,12 @@ impl Sessions {
             self.step(session, sql)?;
         }
         Ok(self.transcript[start..].to_string())
+    }
+
+    /// Blocked steps that completed while later steps ran (not those returned by
+    /// [`Sessions::wait`]), oldest first, since the last call.
+    pub fn take_completions(&mut self) -> Vec<Completion> {
+        std::mem::take(&mut self.completed)
     }
 
     /// Everything run so far, as in [`Sessions::run`].

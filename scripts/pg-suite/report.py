@@ -18,7 +18,7 @@ import re
 import subprocess
 import sys
 
-STATUS_RE = re.compile(r'^(?:test\s+|\s+)(\S+)\s+\.\.\.\s+(ok|FAILED|failed \(ignored\))\b')
+STATUS_RE = re.compile(r'^(?:test\s+|\s+)(\S+)\s+\.\.\.\s+(ok|FAILED|failed \(ignored\))(?=\s|$)(.*)$')
 SEP_RE = re.compile(r'^-+(\+-+)*$')
 FOOT_RE = re.compile(r'^\((\d+) rows?\)$')
 ORDER_BY_RE = re.compile(r'\border\s+by\b', re.I)
@@ -198,6 +198,9 @@ def read(path):
         return None
 
 
+EXITED = {}  # (stdout_path, test) -> "exit code 2" etc. when psql itself died
+
+
 def parse_status(stdout_path):
     """Ordered dict test -> 'ok' | 'FAILED' from pg_regress's stdout."""
     res = {}
@@ -208,6 +211,9 @@ def parse_status(stdout_path):
         m = STATUS_RE.match(line)
         if m:
             res[m.group(1)] = 'ok' if m.group(2).startswith('ok') else 'FAILED'
+            x = re.search(r'\(test process (exited with exit code \d+|was terminated[^)]*)\)', m.group(3))
+            if x:
+                EXITED[(stdout_path, m.group(1))] = x.group(1)
     return res
 
 
@@ -386,6 +392,9 @@ def main():
                 torii_passes.append(f'{suite}/{t}')
             if v == 'FAIL' and h == 'ok':
                 note = ('TORII-ONLY FAILURE ' + note).strip()
+            ex = EXITED.get((os.path.join(work, 'out', 'torii', suite, 'stdout.txt'), t))
+            if ex and v == 'FAIL':
+                note += f' (test process {ex}: connection lost, a crash?)'.replace('test process test process', 'test process')
             hv = {'ok': 'ok', 'FAILED': 'FAIL'}.get(h, h)
             p(f'   {t:34s} {hv:6s} {v:6s} {note}'.rstrip())
         hn = sum(1 for t in tests if heap.get(t) == 'ok')

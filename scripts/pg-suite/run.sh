@@ -13,6 +13,12 @@ PG_CONFIG=${PG_CONFIG:-pg_config}
 CACHE=${TORII_CACHE:-$HOME/.cache/torii}/pg-suite
 SRC=$CACHE/postgresql-$PG_SRC_VERSION
 PHASE_TIMEOUT=${PG_SUITE_PHASE_TIMEOUT:-1200}   # seconds per pg_regress invocation
+# Hang guards set on the test databases (both sides). A storage bug that leaves a session holding
+# locks (e.g. an UPDATE that should have failed with a serialization error, so the spec never
+# ends that transaction) otherwise blocks the spec's teardown forever. No test in the suites
+# relies on the defaults (0) of these two, and none runs a statement anywhere near that long.
+STATEMENT_TIMEOUT=${PG_SUITE_STATEMENT_TIMEOUT:-300s}
+IDLE_TIMEOUT=${PG_SUITE_IDLE_TIMEOUT:-60s}
 RULES=$HERE/normalize.rules
 BASELINE=$HERE/baseline-torii.txt
 KNOWN_CRASHES=$HERE/known-crashes.txt
@@ -97,9 +103,11 @@ if [ "$(id -u)" = 0 ]; then
     PGUSER_OS=postgres
     id "$PGUSER_OS" >/dev/null 2>&1 || die "no 'postgres' OS user"
     as_pg() { runuser -u "$PGUSER_OS" -- "$@"; }
+    runuser_or_exec() { exec runuser -u "$PGUSER_OS" -- "$@"; }
 else
     PGUSER_OS=$(id -un)
     as_pg() { "$@"; }
+    runuser_or_exec() { exec "$@"; }
 fi
 
 # ---------------------------------------------------------------- 1. source + build
@@ -205,10 +213,17 @@ fi
 chown -R "$PGUSER_OS" "$WORK"
 
 SERVER_STARTED=0
+PHASE_PID=""
 cleanup() {
     local rc=$?
     if [ "$SERVER_STARTED" = 1 ]; then
         as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    if [ -n "$PHASE_PID" ]; then
+        # with the server gone the test clients fail fast; make sure the driver goes too
+        kill -TERM "$PHASE_PID" 2>/dev/null || true
+        pkill -TERM -P "$PHASE_PID" 2>/dev/null || true
+        wait "$PHASE_PID" 2>/dev/null || true
     fi
     if [ "$KEEP" = 1 ]; then
         log "kept $WORK (server stopped; restart with: runuser -u $PGUSER_OS -- $PGBIN/pg_ctl -D $PGDATA_DIR -l $SERVER_LOG start)"
@@ -298,6 +313,9 @@ ALTER DATABASE "$db" SET lc_numeric TO 'C';
 ALTER DATABASE "$db" SET lc_time TO 'C';
 ALTER DATABASE "$db" SET bytea_output TO 'hex';
 ALTER DATABASE "$db" SET timezone_abbreviations TO 'Default';
+-- not pg_regress's: hang guards, the same on both sides (see docs/pg-suite.md)
+ALTER DATABASE "$db" SET statement_timeout TO '$STATEMENT_TIMEOUT';
+ALTER DATABASE "$db" SET idle_in_transaction_session_timeout TO '$IDLE_TIMEOUT';
 EOF
     if [ "$side" = torii ]; then
         local err
@@ -342,11 +360,15 @@ run_phase() {   # run_phase <side> <suite>
     t0=$(date +%s)
     # pg_regress runs as the OS user owning the cluster: results/ must be writable by the
     # server too (COPY ... TO files under --outputdir).
-    (cd "$out" && as_pg timeout -k 60 "$PHASE_TIMEOUT" "$driver" \
+    # In the background + wait, so that INT/TERM reach our trap at once.
+    (cd "$out" && runuser_or_exec timeout -k 60 "$PHASE_TIMEOUT" "$driver" \
         --use-existing --host="$SOCK" --port="$PORT" --dbname="$db" \
         --bindir="$TEST_BINDIR" --dlpath="$WORK/lib" \
         --inputdir="$indir" --outputdir="$out" \
-        "${args[@]}") >"$out/stdout.txt" 2>"$out/stderr.txt" || rc=$?
+        "${args[@]}") >"$out/stdout.txt" 2>"$out/stderr.txt" &
+    PHASE_PID=$!
+    wait "$PHASE_PID" || rc=$?
+    PHASE_PID=""
     PHASE_SECS[$side-$suite]=$(( $(date +%s) - t0 ))
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
         echo "TIMEOUT after ${PHASE_TIMEOUT}s" >>"$out/stderr.txt"
@@ -354,6 +376,7 @@ run_phase() {   # run_phase <side> <suite>
     fi
     slice_log "$WORK/logs/$side-$suite.log"
     log "  done in ${PHASE_SECS[$side-$suite]}s: $(grep -E '^( All [0-9]+ tests passed| [0-9]+ of [0-9]+ tests)' "$out/stdout.txt" | sed 's/^ *//' || true)"
+    ensure_server || return 2
     if [ "$side" = torii ]; then
         # Which AMs do the tables left behind by the suite use? (Should be all torii except the
         # few tests that ask for heap explicitly.)
@@ -368,7 +391,6 @@ run_phase() {   # run_phase <side> <suite>
         log "  tables/matviews left in $db by access method: $(head -n -1 "$out/am-census.txt" | tr '\n' ' ' | sed 's/^$/none/')"
         log "  $(tail -n 1 "$out/am-census.txt")"
     fi
-    ensure_server || return 2
     clean_globals
 }
 

@@ -137,9 +137,13 @@ unsafe fn roll_back_on_touch(
         return false;
     }
     let rec = undo::read_record(rel, h.undo);
-    let r = UndoRecord::decode(&rec)
+    let current = row_at(b.page(), off)
+        .map(|r| r.to_vec())
+        .unwrap_or_default();
+    let old = UndoRecord::decode(&rec)
+        .and_then(|r| r.old_row(&current))
         .unwrap_or_else(|e| pages::report_corrupt(rel, h.undo.blk, &page::PageError::Malformed(e)));
-    wal::overwrite_row(rel, b, off, r.image);
+    wal::overwrite_row(rel, b, off, &old);
     true
 }
 
