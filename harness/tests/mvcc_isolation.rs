@@ -705,12 +705,13 @@ fn foreign_keys_between_torii_tables() -> Result<()> {
     let t = same_as_heap(
         &c,
         &["s1", "s2", "s3"],
-        "CREATE TABLE parent (id int PRIMARY KEY, name text, note text); \
+        "CREATE TABLE parent (id int PRIMARY KEY, name text, note text, code int); \
+         CREATE INDEX parent_code ON parent (code); \
          CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent (id), v int); \
          CREATE INDEX child_parent ON child (parent_id); \
          CREATE TABLE child_c (id int PRIMARY KEY, \
              parent_id int REFERENCES parent (id) ON DELETE CASCADE ON UPDATE CASCADE); \
-         INSERT INTO parent SELECT g, 'p' || g, '' FROM generate_series(1, 6) g",
+         INSERT INTO parent SELECT g, 'p' || g, '', g FROM generate_series(1, 7) g",
         &[
             // children of the same parent from two sessions: neither waits
             ("s1", "BEGIN; INSERT INTO child VALUES (1, 1, 0)"),
@@ -736,6 +737,16 @@ fn foreign_keys_between_torii_tables() -> Result<()> {
             ("s1", "BEGIN; UPDATE parent SET id = 50 WHERE id = 5"),
             ("s2", "INSERT INTO child VALUES (13, 5, 0)"),
             ("s1", "ROLLBACK"),
+            // the KEY SHARE lock of an uncommitted child insert survives a non-key update that
+            // moves the parent row (indexed column): the parent's delete still waits
+            ("s1", "BEGIN; INSERT INTO child VALUES (14, 7, 0)"),
+            (
+                "s2",
+                "BEGIN; UPDATE parent SET code = code + 100 WHERE id = 7",
+            ),
+            ("s2", "DELETE FROM parent WHERE id = 7"),
+            ("s1", "COMMIT"),
+            ("s2", "ROLLBACK"),
             // a key update of a referenced parent fails
             ("s1", "UPDATE parent SET id = 100 WHERE id = 1"),
             // cascades
@@ -774,8 +785,20 @@ fn foreign_keys_between_torii_tables() -> Result<()> {
     );
     expect(&t, "id|parent_id\n1|60\n2|60\n");
     expect(&t, "step s1: SELECT count(*) FROM child_c\ncount\n0\n");
-    expect(&t, "id|parent_id\n1|1\n2|1\n3|1\n10|2\n13|5\n");
-    expect(&t, "id|name|note\n1|p1|updated\n2|p2|\n5|p5|\n");
+    expect(
+        &t,
+        "step s2: DELETE FROM parent WHERE id = 7 <waiting ...>\nstep s1: COMMIT\n\
+         step s2: <... completed>\nERROR:  update or delete on table \"parent\" violates foreign key \
+         constraint \"child_parent_id_fkey\" on table \"child\" (SQLSTATE 23503)\n",
+    );
+    expect(
+        &t,
+        "step s1: UPDATE parent SET id = 100 WHERE id = 1\nERROR:  update or delete on table \
+         \"parent\" violates foreign key constraint \"child_parent_id_fkey\" on table \"child\" \
+         (SQLSTATE 23503)\n",
+    );
+    expect(&t, "id|parent_id\n1|1\n2|1\n3|1\n10|2\n13|5\n14|7\n");
+    expect(&t, "id|name|note\n1|p1|updated\n2|p2|\n5|p5|\n7|p7|\n");
 
     // Stress: two clients insert 200 children of parent 1 each (batches of 5 per transaction),
     // while a third updates the parent's non-key column.
@@ -1196,5 +1219,53 @@ fn merge_same_as_heap() -> Result<()> {
     expect(&t, &format!("step s2: {m500} <waiting ...>\nstep s1: COMMIT\nstep s2: <... completed>\nERROR:  duplicate key value violates unique constraint \"tgt_pkey\" (SQLSTATE 23505)\n"));
     expect(&t, "1|12|1|o\n");
     expect(&t, "3|13|103|o\n");
+    c.assert_no_crash()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Old row versions seen by AFTER triggers
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn after_triggers_see_old_and_new_rows() -> Result<()> {
+    let c = iso_cluster("iso-triggers")?;
+    let t = same_as_heap(
+        &c,
+        &["s1"],
+        "CREATE TABLE tr (id int PRIMARY KEY, v int, k int, note text); \
+         CREATE INDEX tr_k ON tr (k); \
+         CREATE TABLE trlog (n serial, op text, old_row text, new_row text) USING heap; \
+         CREATE FUNCTION trf() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           INSERT INTO trlog (op, old_row, new_row) VALUES (TG_OP, OLD::text, NEW::text); \
+           RETURN NULL; END $$; \
+         CREATE TRIGGER tr_after AFTER UPDATE OR DELETE ON tr FOR EACH ROW EXECUTE FUNCTION trf(); \
+         CREATE FUNCTION trs() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           INSERT INTO trlog (op, old_row, new_row) \
+             SELECT 'stmt ' || TG_OP, (SELECT string_agg(o::text, ';' ORDER BY o.id) FROM old_t o), \
+                    (SELECT string_agg(n::text, ';' ORDER BY n.id) FROM new_t n); \
+           RETURN NULL; END $$; \
+         CREATE TRIGGER tr_stmt AFTER UPDATE ON tr REFERENCING OLD TABLE AS old_t NEW TABLE AS new_t \
+           FOR EACH STATEMENT EXECUTE FUNCTION trs(); \
+         INSERT INTO tr SELECT g, g * 10, g, 'n' || g FROM generate_series(1, 5) g",
+        &[
+            // in place
+            ("s1", "UPDATE tr SET v = v + 1 WHERE id = 1"),
+            // cold (indexed column)
+            ("s1", "UPDATE tr SET k = k + 100 WHERE id = 2"),
+            // cold (key)
+            ("s1", "UPDATE tr SET id = 30 WHERE id = 3"),
+            // grows
+            ("s1", "UPDATE tr SET note = repeat('x', 2000) WHERE id = 4"),
+            // twice in one transaction, then deleted
+            ("s1", "BEGIN; UPDATE tr SET v = v + 1 WHERE id = 5; UPDATE tr SET v = v + 1, k = 0 WHERE id = 5; DELETE FROM tr WHERE id = 5; COMMIT"),
+            ("s1", "SELECT op, old_row, new_row FROM trlog ORDER BY n"),
+        ],
+    )?;
+    expect(&t, "UPDATE|(1,10,1,n1)|(1,11,1,n1)\n");
+    expect(&t, "UPDATE|(2,20,2,n2)|(2,20,102,n2)\n");
+    expect(&t, "UPDATE|(3,30,3,n3)|(30,30,3,n3)\n");
+    expect(&t, "UPDATE|(5,50,5,n5)|(5,51,5,n5)\n");
+    expect(&t, "UPDATE|(5,51,5,n5)|(5,52,0,n5)\n");
+    expect(&t, "DELETE|(5,52,0,n5)|NULL\n");
     c.assert_no_crash()
 }

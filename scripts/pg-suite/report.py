@@ -368,6 +368,8 @@ def main():
         p(f'== {suite}: {len(tests)} tests')
         p(f'   {"test":34s} {"heap":6s} {"torii":6s} note')
         verdicts = {}
+        crashes = {side: scan_crashes(os.path.join(work, 'logs', f'{side}-{suite}.log')) for side in sides}
+        torii_crashed = bool(crashes.get('torii'))
         difdir = os.path.join(work, 'diffs', 'torii', suite)
         for t in tests:
             h = heap.get(t, '-') if 'heap' in sides else '-'
@@ -394,7 +396,8 @@ def main():
                 note = ('TORII-ONLY FAILURE ' + note).strip()
             ex = EXITED.get((os.path.join(work, 'out', 'torii', suite, 'stdout.txt'), t))
             if ex and v == 'FAIL':
-                note += f' (test process {ex}: connection lost, a crash?)'.replace('test process test process', 'test process')
+                note += f' (test process {ex}' + ('; the server crashed during this suite' if torii_crashed else '') + ')'
+
             hv = {'ok': 'ok', 'FAILED': 'FAIL'}.get(h, h)
             p(f'   {t:34s} {hv:6s} {v:6s} {note}'.rstrip())
         hn = sum(1 for t in tests if heap.get(t) == 'ok')
@@ -414,7 +417,7 @@ def main():
         p()
 
         for side in sides:
-            for t, desc in scan_crashes(os.path.join(work, 'logs', f'{side}-{suite}.log')):
+            for t, desc in crashes[side]:
                 all_crashes.append((side, suite, t, desc))
         for side in sides:
             err = read(os.path.join(work, 'out', side, suite, 'stderr.txt')) or ''

@@ -343,39 +343,72 @@ slice_log() { tail -c +"$((LOG_OFFSET + 1))" "$SERVER_LOG" >"$1"; }
 
 declare -A PHASE_SECS=()
 run_phase() {   # run_phase <side> <suite>
-    local side=$1 suite=$2 out=$WORK/out/$1/$2 t0 rc=0
-    local db driver indir args=()
+    local side=$1 suite=$2 out=$WORK/out/$1/$2 t0 rc deadline left group n=0 ok fail
+    local db driver indir sched groups=() ignores=""
     mkdir -p "$out"; chown "$PGUSER_OS" "$WORK/out" "$WORK/out/$side" "$out"
     if [ "$suite" = regress ]; then
-        db=regression; driver=$PG_REGRESS; indir=$WORK/regress
-        if [ "$QUICK" = 1 ]; then args=($QUICK_REGRESS); else args=(--schedule="$indir/parallel_schedule"); fi
+        db=regression; driver=$PG_REGRESS; indir=$WORK/regress; sched=$indir/parallel_schedule
+        [ "$QUICK" = 1 ] && groups=($QUICK_REGRESS)
     else
-        db=isolation_regression; driver=$PG_ISO_REGRESS; indir=$WORK/isolation
-        if [ "$QUICK" = 1 ]; then args=($QUICK_ISOLATION)
-        else args=(--schedule="$indir/isolation_schedule" $EXTRA_ISOLATION); fi
+        db=isolation_regression; driver=$PG_ISO_REGRESS; indir=$WORK/isolation; sched=$indir/isolation_schedule
+        [ "$QUICK" = 1 ] && groups=($QUICK_ISOLATION)
     fi
+    if [ "$QUICK" = 0 ]; then
+        # one entry per "test:" line, i.e. per parallel group
+        mapfile -t groups < <(sed -n 's/^test: *//p' "$sched")
+        [ "$suite" = isolation ] && groups+=($EXTRA_ISOLATION)
+    fi
+    ignores=$(grep '^ignore:' "$sched" || true)
     prepare_db "$db" "$side" || return 1
-    log "running $suite on $side ($( [ "$QUICK" = 1 ] && echo quick subset || echo full schedule ))"
+    log "running $suite on $side ($( [ "$QUICK" = 1 ] && echo quick subset || echo full schedule ), ${#groups[@]} groups)"
     mark_log
     t0=$(date +%s)
-    # pg_regress runs as the OS user owning the cluster: results/ must be writable by the
-    # server too (COPY ... TO files under --outputdir).
-    # In the background + wait, so that INT/TERM reach our trap at once.
-    (cd "$out" && runuser_or_exec timeout -k 60 "$PHASE_TIMEOUT" "$driver" \
-        --use-existing --host="$SOCK" --port="$PORT" --dbname="$db" \
-        --bindir="$TEST_BINDIR" --dlpath="$WORK/lib" \
-        --inputdir="$indir" --outputdir="$out" \
-        "${args[@]}") >"$out/stdout.txt" 2>"$out/stderr.txt" &
-    PHASE_PID=$!
-    wait "$PHASE_PID" || rc=$?
-    PHASE_PID=""
+    deadline=$((t0 + PHASE_TIMEOUT))
+    : >"$out/stdout.txt"; : >"$out/stderr.txt"; : >"$out/all.diffs"
+    # One pg_regress invocation per schedule group (keeping the group's parallelism): after a
+    # backend crash the server spends seconds in recovery, and a single invocation would fail
+    # every later test on "not yet accepting connections"; here we wait for the server between
+    # groups, so a crash costs only the group it happened in (and what depends on it).
+    for group in "${groups[@]}"; do
+        n=$((n + 1))
+        left=$((deadline - $(date +%s)))
+        if [ "$left" -le 0 ]; then
+            echo "TIMEOUT after ${PHASE_TIMEOUT}s, before group $n: $group" >>"$out/stderr.txt"
+            log "  $suite on $side TIMED OUT after ${PHASE_TIMEOUT}s (groups from $n on not run)"
+            break
+        fi
+        { [ -n "$ignores" ] && echo "$ignores"; echo "test: $group"; } >"$out/group.schedule"
+        chown "$PGUSER_OS" "$out/group.schedule"
+        rc=0
+        # pg_regress runs as the OS user owning the cluster: results/ must be writable by the
+        # server too (COPY ... TO files under --outputdir). In the background + wait, so that
+        # INT/TERM reach our trap at once.
+        (cd "$out" && runuser_or_exec timeout -k 30 "$left" "$driver" \
+            --use-existing --host="$SOCK" --port="$PORT" --dbname="$db" \
+            --bindir="$TEST_BINDIR" --dlpath="$WORK/lib" \
+            --inputdir="$indir" --outputdir="$out" \
+            --schedule="$out/group.schedule") >>"$out/stdout.txt" 2>>"$out/stderr.txt" &
+        PHASE_PID=$!
+        wait "$PHASE_PID" || rc=$?
+        PHASE_PID=""
+        [ -f "$out/regression.diffs" ] && cat "$out/regression.diffs" >>"$out/all.diffs"
+        rm -f "$out/regression.diffs"
+        if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+            echo "TIMEOUT after ${PHASE_TIMEOUT}s, in group $n: $group" >>"$out/stderr.txt"
+            log "  $suite on $side TIMED OUT after ${PHASE_TIMEOUT}s (in group $n)"
+            break
+        fi
+        if [ "$rc" != 0 ]; then
+            ensure_server || break
+        fi
+    done
+    mv "$out/all.diffs" "$out/regression.diffs"
+    [ -s "$out/regression.diffs" ] || rm -f "$out/regression.diffs"
     PHASE_SECS[$side-$suite]=$(( $(date +%s) - t0 ))
-    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-        echo "TIMEOUT after ${PHASE_TIMEOUT}s" >>"$out/stderr.txt"
-        log "  $suite on $side TIMED OUT after ${PHASE_TIMEOUT}s"
-    fi
     slice_log "$WORK/logs/$side-$suite.log"
-    log "  done in ${PHASE_SECS[$side-$suite]}s: $(grep -E '^( All [0-9]+ tests passed| [0-9]+ of [0-9]+ tests)' "$out/stdout.txt" | sed 's/^ *//' || true)"
+    ok=$(grep -cE '\.\.\. ok ' "$out/stdout.txt" || true)
+    fail=$(grep -cE '\.\.\. (FAILED|failed \(ignored\))' "$out/stdout.txt" || true)
+    log "  done in ${PHASE_SECS[$side-$suite]}s: $ok ok, $fail failed"
     ensure_server || return 2
     if [ "$side" = torii ]; then
         # Which AMs do the tables left behind by the suite use? (Should be all torii except the

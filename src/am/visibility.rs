@@ -124,6 +124,12 @@ impl Snap {
                     if h.is_deleted() && self.kind != SnapshotKind::Any {
                         return Version::None;
                     }
+                    if h.is_moved() {
+                        // SnapshotAny asks for "what the TID holds": for a row that moved
+                        // away that is its last image before the move (the slot itself keeps
+                        // only a forwarding TID in place of the data).
+                        return Version::Old(self.previous_image(rel, cur, &h));
+                    }
                     return match owned {
                         None => Version::Current(row),
                         Some(v) => Version::Old(v),
@@ -140,6 +146,10 @@ impl Snap {
                                 (*self.raw).speculativeToken = h.undo.blk;
                             }
                         }
+                    }
+                    if h.is_moved() {
+                        // The slot holds only a forwarding TID: give the image it had.
+                        return Version::Old(self.previous_image(rel, cur, &h));
                     }
                     return match owned {
                         None => Version::Current(row),
@@ -158,20 +168,22 @@ impl Snap {
                     if h.undo.is_none() || h.is_speculative() {
                         return Version::None;
                     }
-                    let rec = crate::storage::undo::read_record(rel, h.undo);
-                    let image = match torii_core::undo::UndoRecord::decode(&rec)
-                        .and_then(|r| r.old_row(cur))
-                    {
-                        Ok(img) => img,
-                        Err(e) => crate::storage::pages::report_corrupt(
-                            rel,
-                            h.undo.blk,
-                            &torii_core::page::PageError::Malformed(e),
-                        ),
-                    };
-                    owned = Some(image);
+                    owned = Some(self.previous_image(rel, cur, &h));
                 }
             }
+        }
+    }
+
+    /// The row image before the change recorded at `h.undo`, rebuilt from `cur`.
+    unsafe fn previous_image(&self, rel: pg_sys::Relation, cur: &[u8], h: &RowHeader) -> Vec<u8> {
+        let rec = crate::storage::undo::read_record(rel, h.undo);
+        match torii_core::undo::UndoRecord::decode(&rec).and_then(|r| r.old_row(cur)) {
+            Ok(img) => img,
+            Err(e) => crate::storage::pages::report_corrupt(
+                rel,
+                h.undo.blk,
+                &torii_core::page::PageError::Malformed(e),
+            ),
         }
     }
 
