@@ -358,6 +358,26 @@ unsafe fn index_attrs_changed(
     changed
 }
 
+/// Does the table have a user-defined AFTER UPDATE row trigger? Such triggers read OLD and NEW
+/// by TID with SnapshotAny once the statement is done; an in-place update leaves one TID for
+/// both, so these tables get cold updates (the old TID then yields the row's image before the
+/// update). Foreign-key triggers are exempt: they compare key columns, which an in-place update
+/// never changes (no indexed column does).
+unsafe fn has_user_after_update_trigger(rel: pg_sys::Relation) -> bool {
+    let td = (*rel).trigdesc;
+    if td.is_null() || !(*td).trig_update_after_row {
+        return false;
+    }
+    let triggers = std::slice::from_raw_parts((*td).triggers, (*td).numtriggers as usize);
+    triggers.iter().any(|t| {
+        let ty = t.tgtype as u32;
+        !t.tgisinternal
+            && ty & pg_sys::TRIGGER_TYPE_ROW != 0
+            && ty & (pg_sys::TRIGGER_TYPE_BEFORE | pg_sys::TRIGGER_TYPE_INSTEAD) == 0
+            && ty & pg_sys::TRIGGER_TYPE_UPDATE != 0
+    })
+}
+
 /// Deletes the TOAST values of a row that is going away.
 unsafe fn toast_delete(rel: pg_sys::Relation, row_bytes: &[u8]) {
     let h = RowHeader::read(row_bytes);
@@ -506,7 +526,7 @@ pub unsafe extern "C-unwind" fn tuple_update(
     let flags_kept = RowHeader::read(&old).infomask
         & !(FLAG_DELETED | FLAG_MOVED | FLAG_SPECULATIVE)
         & row::TORII_FLAGS;
-    if !indexes_changed && fits {
+    if !indexes_changed && fits && !has_user_after_update_trigger(rel) {
         apply_change(rel, t, &old, UndoKind::Update, xid, cid, |ptr| {
             restamp(new_bytes.clone(), xid, cid, ptr, flags_kept)
         });
@@ -631,11 +651,16 @@ pub unsafe extern "C-unwind" fn tuple_lock(
                         || (*snapshot).snapshot_type != pg_sys::SnapshotType::SNAPSHOT_MVCC
                         || mvcc_sees_change(snapshot, h.xid, h.cid);
                     if !seen {
-                        if !find_last {
+                        if find_last {
+                            traversed = true;
+                        } else if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
+                            // The caller's snapshot must not lock a newer version.
                             fill_tmfd(tmfd, t, &h, false);
                             return pg_sys::TM_Result::TM_Updated;
                         }
-                        traversed = true;
+                        // READ COMMITTED without FIND_LAST_VERSION is INSERT ... ON CONFLICT,
+                        // whose TID came from a dirty index lookup: it means the newest
+                        // version, as a heap TID would.
                     }
                 }
             }
