@@ -433,13 +433,97 @@ pub unsafe fn vacuum(
     st
 }
 
+/// Runs every index's `amvacuumcleanup` (GIN flushes its pending list there, BRIN summarizes
+/// new ranges), as heap's VACUUM does even when no entries were removed.
+unsafe fn cleanup_indexes(rel: pg_sys::Relation, bstrategy: pg_sys::BufferAccessStrategy) {
+    if !(*(*rel).rd_rel).relhasindex {
+        return;
+    }
+    let mut nindexes = 0;
+    let mut irel: *mut pg_sys::Relation = std::ptr::null_mut();
+    pg_sys::vac_open_indexes(
+        rel,
+        pg_sys::RowExclusiveLock as i32,
+        &mut nindexes,
+        &mut irel,
+    );
+    for i in 0..nindexes as usize {
+        let mut info = pg_sys::IndexVacuumInfo {
+            index: *irel.add(i),
+            analyze_only: false,
+            report_progress: false,
+            estimated_count: true,
+            message_level: pg_sys::DEBUG2 as i32,
+            num_heap_tuples: (*(*rel).rd_rel).reltuples as f64,
+            strategy: bstrategy,
+        };
+        let stats = pg_sys::index_vacuum_cleanup(&mut info, std::ptr::null_mut());
+        if !stats.is_null() {
+            pg_sys::pfree(stats as *mut _);
+        }
+    }
+    pg_sys::vac_close_indexes(nindexes, irel, pg_sys::NoLock as i32);
+}
+
+/// Gives trailing free pages back to the file system, like heap's VACUUM, if the exclusive
+/// lock that needs can be had at once. A table with no rows and no undo left goes to zero
+/// blocks (the first insert writes a new metapage).
+unsafe fn truncate_tail(rel: pg_sys::Relation) {
+    if pages::nblocks(rel) == 0 {
+        return;
+    }
+    // Take the lock first: only then can no committed or running writer put rows into the
+    // pages we find empty.
+    if !pg_sys::ConditionalLockRelation(rel, pg_sys::AccessExclusiveLock as i32) {
+        return;
+    }
+    let n = pages::nblocks(rel);
+    let m = read_meta(rel);
+    let mut copy = vec![0u8; page::BLCKSZ];
+    let mut keep = n;
+    while keep > 1 {
+        let kind = pages::copy_page(rel, keep - 1, std::ptr::null_mut(), &mut copy);
+        let empty = match kind {
+            None | Some(PageKind::Free) => true,
+            Some(PageKind::Data) => (1..=page::line_pointer_count(&copy))
+                .all(|o| page::line_pointer(&copy, o).flags == LP_UNUSED),
+            _ => false,
+        };
+        if !empty {
+            break;
+        }
+        keep -= 1;
+    }
+    if keep == 1 && m.undo_head == NO_BLOCK && m.pending_dead == 0 {
+        keep = 0;
+    }
+    if keep < n {
+        pg_sys::RelationTruncate(rel, keep);
+    }
+    pg_sys::UnlockRelation(rel, pg_sys::AccessExclusiveLock as i32);
+}
+
 #[pg_guard]
 pub unsafe extern "C-unwind" fn relation_vacuum(
     rel: pg_sys::Relation,
-    _params: *mut pg_sys::VacuumParams,
+    params: *mut pg_sys::VacuumParams,
     bstrategy: pg_sys::BufferAccessStrategy,
 ) {
+    if (*params).nworkers > 0
+        && (*(*rel).rd_rel).relpersistence as u8 == pg_sys::RELPERSISTENCE_TEMP
+    {
+        warning!(
+            "disabling parallel option of vacuum on \"{}\" --- cannot vacuum temporary tables in parallel",
+            crate::storage::rel_name(rel)
+        );
+    }
     let st = vacuum(rel, bstrategy);
+    if (*params).index_cleanup != pg_sys::VacOptValue::VACOPTVALUE_DISABLED {
+        cleanup_indexes(rel, bstrategy);
+    }
+    if (*params).truncate != pg_sys::VacOptValue::VACOPTVALUE_DISABLED {
+        truncate_tail(rel);
+    }
     // relfrozenxid: every xid below the horizon is resolved in this table, so CLOG below it
     // may go. Never move it backwards, nor past what PostgreSQL allows.
     let h = horizon(rel);
