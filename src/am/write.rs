@@ -566,6 +566,9 @@ pub unsafe extern "C-unwind" fn tuple_lock(
     tmfd: *mut pg_sys::TM_FailureData,
 ) -> pg_sys::TM_Result::Type {
     let find_last = flags & pg_sys::TUPLE_LOCK_FLAG_FIND_LAST_VERSION as u8 != 0;
+    // Like heap, a row lock belongs to a transaction with an xid (the note of the locked
+    // version is keyed by it, and the update that follows would assign one anyway).
+    current_xid();
     let mut t = *tidp;
     let mut traversed = false;
     let hw = hw_mode(mode);
@@ -682,6 +685,9 @@ pub unsafe extern "C-unwind" fn tuple_lock(
             if !tmfd.is_null() {
                 (*tmfd).traversed = traversed;
             }
+            // Like heap, report where the locked version lives: the executor then updates
+            // or deletes that TID.
+            *tidp = t;
             return pg_sys::TM_Result::TM_Ok;
         }
     }
