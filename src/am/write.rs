@@ -650,9 +650,12 @@ pub unsafe extern "C-unwind" fn tuple_lock(
                         }
                         return pg_sys::TM_Result::TM_Deleted;
                     }
+                    // A version this backend has locked before (EvalPlanQual came back for it)
+                    // counts as seen: it is the caller's version now, no new traversal.
                     let seen = snapshot.is_null()
                         || (*snapshot).snapshot_type != pg_sys::SnapshotType::SNAPSHOT_MVCC
-                        || mvcc_sees_change(snapshot, h.xid, h.cid);
+                        || mvcc_sees_change(snapshot, h.xid, h.cid)
+                        || locked_version_is(rel, blk, off, h.xid);
                     if !seen {
                         if find_last {
                             traversed = true;
