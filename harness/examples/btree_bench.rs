@@ -120,9 +120,9 @@ fn main() -> Result<()> {
         cl.batch_execute(&format!(
             "CREATE TABLE {t} (id int, g int, grp text, v int, pad text) USING {tam};
              INSERT INTO {t} SELECT i, i % 1000, 'group-' || (i % 1000), i % 97, repeat('p', 40)
-               FROM generate_series(1, {rows}) i;
-             VACUUM ANALYZE {t};"
+               FROM generate_series(1, {rows}) i;"
         ))?;
+        cl.batch_execute(&format!("VACUUM ANALYZE {t}"))?;
     }
     let b = run(&mut cl, "t_btree", "btree", rows)?;
     let o = run(&mut cl, "t_torii", "torii_btree", rows)?;

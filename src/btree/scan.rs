@@ -161,16 +161,22 @@ unsafe fn preprocess(scan: pg_sys::IndexScanDesc, st: &mut State) {
             } else {
                 sk.sk_subtype
             };
-            let f = pg_sys::get_opfamily_proc(opfamily, opcintype, subtype, 1);
-            if f == pg_sys::InvalidOid {
-                pgrx::error!(
+            if subtype == opcintype {
+                // Same type: the relcache already has the function.
+                let cached = pg_sys::index_getprocinfo(index, (col + 1) as i16, 1);
+                pg_sys::fmgr_info_copy(&mut *proc_, cached, pg_sys::CurrentMemoryContext);
+            } else {
+                let f = pg_sys::get_opfamily_proc(opfamily, opcintype, subtype, 1);
+                if f == pg_sys::InvalidOid {
+                    pgrx::error!(
                     "torii_btree: missing comparison function for types {} and {} in operator family {}",
                     opcintype.to_u32(),
                     subtype.to_u32(),
                     opfamily.to_u32()
-                );
+                    );
+                }
+                pg_sys::fmgr_info_cxt(f, &mut *proc_, pg_sys::CurrentMemoryContext);
             }
-            pg_sys::fmgr_info_cxt(f, &mut *proc_, pg_sys::CurrentMemoryContext);
         }
         st.quals.push(Qual {
             col,

@@ -48,6 +48,37 @@ pub unsafe fn read_meta(rel: pg_sys::Relation) -> Meta {
     }
 }
 
+/// The root as last read from the metapage, cached in the relcache entry (`rd_amcache`, freed
+/// with it). A stale root is harmless: an old root stays the leftmost page of its level, from
+/// which right-links reach every page of the level.
+///
+/// # Safety
+/// `rel` must be an open torii_btree index.
+pub unsafe fn cached_root(rel: pg_sys::Relation) -> Meta {
+    let c = (*rel).rd_amcache as *const Meta;
+    if !c.is_null() {
+        return *c;
+    }
+    let m = read_meta(rel);
+    let p =
+        pg_sys::MemoryContextAlloc((*rel).rd_indexcxt, std::mem::size_of::<Meta>()) as *mut Meta;
+    p.write(m);
+    (*rel).rd_amcache = p as *mut std::ffi::c_void;
+    m
+}
+
+/// Drops the cached root.
+///
+/// # Safety
+/// `rel` must be an open torii_btree index.
+pub unsafe fn forget_root(rel: pg_sys::Relation) {
+    let c = (*rel).rd_amcache;
+    if !c.is_null() {
+        (*rel).rd_amcache = std::ptr::null_mut();
+        pg_sys::pfree(c);
+    }
+}
+
 fn check_level(rel: pg_sys::Relation, b: &LockedBuffer, level: u32) {
     let p = b.page();
     let kind = torii_core::page::kind(p);
@@ -133,7 +164,11 @@ pub unsafe fn descend(
     lock: Lock,
 ) -> Descent {
     let desc = (*rel).rd_att;
-    let meta = read_meta(rel);
+    let mut meta = cached_root(rel);
+    if meta.root_level < stop_level {
+        forget_root(rel);
+        meta = cached_root(rel);
+    }
     let mut blk = meta.root;
     let mut level = meta.root_level;
     if level < stop_level {
@@ -151,6 +186,11 @@ pub unsafe fn descend(
         };
         let b = read(rel, blk, l);
         check_level(rel, &b, level);
+        if level == meta.root_level && !page::is_rightmost(b.page()) {
+            // The cached root has split since: still a correct start (the leftmost page of
+            // its level), but read the metapage next time.
+            forget_root(rel);
+        }
         let b = move_right(rel, b, target, l);
         if level == stop_level {
             return Descent { buf: b, stack };
