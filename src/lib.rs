@@ -14,6 +14,7 @@ pgrx::pg_module_magic!();
 pub(crate) use pgrx::pg_sys::ffi;
 
 pub mod am;
+pub mod btree;
 mod hints;
 pub mod pg_extra;
 pub mod sql_api;

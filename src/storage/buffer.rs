@@ -116,3 +116,29 @@ impl Drop for LockedBuffer {
         unsafe { pg_sys::UnlockReleaseBuffer(self.buf) }
     }
 }
+
+impl LockedBuffer {
+    /// Reads block `blk` of `rel` and takes a cleanup lock on it (exclusive, and no other
+    /// backend holds a pin): index VACUUM waits this way for scans that keep a pin on a page.
+    ///
+    /// # Safety
+    /// `rel` must be open and `blk` below its size.
+    pub unsafe fn read_for_cleanup(
+        rel: pg_sys::Relation,
+        blk: pg_sys::BlockNumber,
+        strategy: pg_sys::BufferAccessStrategy,
+    ) -> LockedBuffer {
+        let buf = pg_sys::ReadBufferExtended(
+            rel,
+            pg_sys::ForkNumber::MAIN_FORKNUM,
+            blk,
+            pg_sys::ReadBufferMode::RBM_NORMAL,
+            strategy,
+        );
+        pg_sys::LockBufferForCleanup(buf);
+        LockedBuffer {
+            buf,
+            lock: Lock::Exclusive,
+        }
+    }
+}
