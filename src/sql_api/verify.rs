@@ -135,6 +135,12 @@ fn check_undo_chain(rel: pg_sys::Relation, nblocks: u32, out: &mut Vec<(i64, Str
 #[pg_extern(strict)]
 fn verify(rel: PgRelation) -> TableIterator<'static, (name!(blkno, i64), name!(problem, String))> {
     let raw = rel.as_ptr();
+    // SAFETY: PgRelation keeps the relation open.
+    if unsafe { crate::btree::verify::is_torii_btree(raw) } {
+        // A torii_btree index: its own structure check (checksums, order, links).
+        // SAFETY: as above; the check takes its own buffer locks.
+        return TableIterator::new(unsafe { crate::btree::verify::check(raw, false) });
+    }
     super::maintenance::require_torii(&rel);
     // SAFETY: privilege lookup on an open relation.
     unsafe {

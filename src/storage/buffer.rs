@@ -139,6 +139,8 @@ impl LockedBuffer {
         LockedBuffer {
             buf,
             lock: Lock::Exclusive,
+            // Unknown: callers verify the page in full.
+            from_disk: true,
         }
     }
 }

@@ -86,6 +86,19 @@ pub fn remember_written(rel: pg_sys::Relation, buf: pg_sys::Buffer, blk: u32) {
     });
 }
 
+/// Checks a page image, raising XX001 when it is damaged. Returns false for a new (all-zero)
+/// page, which holds nothing.
+pub fn check(rel: pg_sys::Relation, blk: u32, p: &[u8]) -> bool {
+    if page::is_new(p) {
+        return false;
+    }
+    if let Err(e) = page::verify(p) {
+        // SAFETY: rel is open (the caller holds a buffer of it).
+        unsafe { report_corrupt(rel, blk, &e) }
+    }
+    true
+}
+
 /// Checks a locked page, raising XX001 when it is damaged. Returns false for a new (all-zero)
 /// page, which holds nothing.
 pub fn check_locked(rel: pg_sys::Relation, b: &LockedBuffer) -> bool {
