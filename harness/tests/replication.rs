@@ -21,6 +21,9 @@
 //! * `standby_feedback_keeps_undo`: the same with `hot_standby_feedback = on`: the old version
 //!   must be returned.
 //!
+//! The standby is made by [`Cluster::standby_of`] (`pg_basebackup -X stream -R` over the
+//! primary's unix socket) and caught up with [`Cluster::wait_for_replay`].
+//!
 //! `TORII_TEST_AM=heap` runs the same with heap tables (torii-only checks skipped).
 
 use std::time::Duration;
@@ -191,6 +194,7 @@ const BIG: &str = "(SELECT string_agg(md5(g::text || {s}), '') FROM generate_ser
 
 #[test]
 fn standby_replays_torii_changes() -> Result<()> {
+    let mut wrong_refusals: Vec<String> = Vec::new();
     let (p, mut pc) = cluster_with_db_conf("repl-primary", &primary_conf())?;
     // A table with rows before the base backup: its files come with the backup.
     create_table(&mut pc, "r_before")?;
@@ -252,14 +256,24 @@ fn standby_replays_torii_changes() -> Result<()> {
          UPDATE {t} SET id = id + 10000 WHERE id % 17 = 0; \
          DELETE FROM {t} WHERE id % 11 = 0; \
          UPDATE {t} SET big = big || 'more' WHERE id = 10; \
-         DELETE FROM {t} WHERE id = 20; \
-         BEGIN; \
+         DELETE FROM {t} WHERE id = 20",
+        "r_main",
+    )?;
+    // Transaction blocks go in strings of their own: in a multi-statement string, BEGIN takes
+    // the statements before it into its transaction.
+    both(
+        &mut pc,
+        "BEGIN; \
            UPDATE {t} SET v = 'rolled back' WHERE id % 2 = 0; \
            UPDATE {t} SET k = -k WHERE id % 5 = 0; \
            DELETE FROM {t} WHERE id % 4 = 1; \
            INSERT INTO {t} SELECT g, g, 'rolled back insert', 0 FROM generate_series(50001, 51000) g; \
-         ROLLBACK; \
-         BEGIN; \
+         ROLLBACK",
+        "r_main",
+    )?;
+    both(
+        &mut pc,
+        "BEGIN; \
            UPDATE {t} SET v = v || ' kept' WHERE id BETWEEN 1 AND 300; \
            SAVEPOINT s1; \
            UPDATE {t} SET v = 'savepoint rolled back', k = k + 7 WHERE id BETWEEN 200 AND 600; \
@@ -290,8 +304,12 @@ fn standby_replays_torii_changes() -> Result<()> {
     )?;
     both(
         &mut pc,
-        "INSERT INTO {t} SELECT g, g % 10, 'after truncate', g, NULL FROM generate_series(1, 800) g; \
-         BEGIN; TRUNCATE {t}; INSERT INTO {t} VALUES (1, 1, 'lost', 1); ROLLBACK",
+        "INSERT INTO {t} SELECT g, g % 10, 'after truncate', g, NULL FROM generate_series(1, 800) g",
+        "r_trunc",
+    )?;
+    both(
+        &mut pc,
+        "BEGIN; TRUNCATE {t}; INSERT INTO {t} VALUES (1, 1, 'lost', 1); ROLLBACK",
         "r_trunc",
     )?;
     for t in TABLES {
@@ -344,22 +362,59 @@ fn standby_replays_torii_changes() -> Result<()> {
             "UPDATE r_main SET v = 'x' WHERE id = 1",
             "DELETE FROM r_main WHERE id = 1",
             "VACUUM r_main",
+            "SELECT torii.hint_set(1::bigint, 'SeqScan(r_main)')",
+            "SELECT torii.hint_clear(1::bigint)",
         ] {
             match sc.batch_execute(q) {
                 Ok(()) => return Err(err(format!("the standby accepted: {q}"))),
                 Err(e) => {
                     let code = sql::sqlstate(&e);
                     eprintln!("standby refuses {q}: {}", sql::describe(&e));
-                    assert!(
-                        matches!(code.as_deref(), Some("25006") | Some("55000")),
-                        "{q}: {}",
-                        sql::describe(&e)
-                    );
+                    // Checked at the end, so that the rest of the test still runs.
+                    if !matches!(code.as_deref(), Some("25006") | Some("55000")) {
+                        wrong_refusals.push(format!(
+                            "{q}: expected 25006 (read-only) or 55000, got {}",
+                            sql::describe(&e)
+                        ));
+                    }
                 }
             }
             assert_eq!(sql::scalar::<i32>(&mut sc, "SELECT 1")?, 1);
         }
         s.assert_no_crash()?;
+        // A hint stored on the primary applies on the standby (same OIDs, same query ids),
+        // although the standby loaded torii only on demand.
+        let q = "SELECT * FROM r_main WHERE id = 5";
+        let id: i64 = sql::scalar(
+            &mut pc,
+            &format!(
+                "SELECT torii.hint_set({}, 'SeqScan(r_main)')",
+                sql::literal(q)
+            ),
+        )?;
+        catch_up(&mut pc, &s)?;
+        let mut fresh = s.connect(DB)?;
+        let standby_id: i64 = sql::scalar(
+            &mut fresh,
+            &format!("SELECT torii.query_id({})", sql::literal(q)),
+        )?;
+        assert_eq!(
+            standby_id, id,
+            "query ids differ between primary and standby"
+        );
+        let report = sql::result_text(
+            &mut fresh,
+            &format!(
+                "SELECT hint, status FROM torii.explain_hints({})",
+                sql::literal(q)
+            ),
+        )?;
+        assert_eq!(report, "SeqScan(r_main)|used", "stored hint on the standby");
+        let plan = sql::explain(&mut fresh, "SELECT * FROM r_main WHERE id = 77")?;
+        assert!(
+            plan.contains("Seq Scan"),
+            "stored hint not applied on the standby:\n{plan}"
+        );
     }
 
     // --- a transaction still running on the primary: invisible on the standby ---
@@ -415,8 +470,12 @@ fn standby_replays_torii_changes() -> Result<()> {
         "UPDATE {t} SET v = v || ' promoted' WHERE id BETWEEN 1 AND 800; \
          UPDATE {t} SET k = k + 3 WHERE id BETWEEN 450 AND 650; \
          DELETE FROM {t} WHERE id BETWEEN 640 AND 720; \
-         INSERT INTO {t} SELECT g, g % 100, 'new primary', g FROM generate_series(80001, 80200) g; \
-         BEGIN; UPDATE {t} SET v = 'no' WHERE id < 100; ROLLBACK",
+         INSERT INTO {t} SELECT g, g % 100, 'new primary', g FROM generate_series(80001, 80200) g",
+        "r_main",
+    )?;
+    both(
+        &mut nc,
+        "BEGIN; UPDATE {t} SET v = 'no' WHERE id < 100; ROLLBACK",
         "r_main",
     )?;
     both(
@@ -459,7 +518,15 @@ fn standby_replays_torii_changes() -> Result<()> {
     let mut nc = s.connect(DB)?;
     check(&mut nc, "promoted, after restart")?;
     s.assert_no_crash()?;
-    p.assert_no_crash()
+    p.assert_no_crash()?;
+    if wrong_refusals.is_empty() {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "the standby refused writes with unexpected SQLSTATEs:\n{}",
+            wrong_refusals.join("\n")
+        )))
+    }
 }
 
 /// A REPEATABLE READ transaction on the standby reads row 1 and 2; the primary changes them,

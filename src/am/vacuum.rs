@@ -117,6 +117,31 @@ unsafe fn settle(
             if !valid || page::kind(b.page()) != Some(PageKind::Data) {
                 return;
             }
+            if !committed {
+                // Roll back every aborted change at the head of the row, newest first: a
+                // transaction that changed the row several times left a chain, and this record
+                // may be an older link of it, to be discarded before the newer ones.
+                loop {
+                    let Some(row) = row_at(b.page(), r.tid_off) else {
+                        return;
+                    };
+                    let h = RowHeader::read(row);
+                    if h.undo.is_none()
+                        || h.is_speculative()
+                        || writer_status(h.xid) != WriterStatus::Aborted
+                    {
+                        return;
+                    }
+                    let rec = crate::storage::undo::read_record(rel, h.undo);
+                    let old = UndoRecord::decode(&rec)
+                        .and_then(|u| u.old_row(row))
+                        .unwrap_or_else(|e| {
+                            pages::report_corrupt(rel, h.undo.blk, &page::PageError::Malformed(e))
+                        });
+                    st.rows_rolled_back += 1;
+                    wal::overwrite_row(rel, &b, r.tid_off, &old);
+                }
+            }
             let Some(row) = row_at(b.page(), r.tid_off) else {
                 return;
             };
@@ -125,13 +150,7 @@ unsafe fn settle(
                 // The row has moved on: a later change, resolved on its own.
                 return;
             }
-            if !committed {
-                st.rows_rolled_back += 1;
-                let old = r.old_row(row).unwrap_or_else(|e| {
-                    pages::report_corrupt(rel, ptr.blk, &page::PageError::Malformed(e))
-                });
-                wal::overwrite_row(rel, &b, r.tid_off, &old);
-            } else if h.is_deleted() {
+            if h.is_deleted() {
                 st.rows_reclaimed += 1;
                 *meta_dead += 1;
                 let off = r.tid_off as usize;

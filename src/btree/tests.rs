@@ -412,6 +412,7 @@ mod tests {
             pg_sys::UnlockReleaseBuffer(buf);
             pg_sys::index_close(rel, pg_sys::NoLock as i32);
         }
+        crate::storage::pages::forget_verified();
         Spi::run("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off").unwrap();
         Spi::get_one::<i64>("SELECT count(*) FROM cr WHERE k = 5").unwrap();
     }

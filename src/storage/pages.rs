@@ -64,6 +64,14 @@ pub fn remember_good(rel: pg_sys::Relation, b: &LockedBuffer) {
     remember_written(rel, b.buffer(), b.block());
 }
 
+/// Forgets which pages were verified, as a new backend starts out (tests that damage a page
+/// in shared memory use it: the cache is there to skip re-checking pages this backend has
+/// already checked or written, not to catch corruption made in memory).
+#[cfg(any(test, feature = "pg_test"))]
+pub fn forget_verified() {
+    VERIFIED.with(|v| v.borrow_mut().clear());
+}
+
 /// Records a page this backend has just written (still locked) as valid.
 pub fn remember_written(rel: pg_sys::Relation, buf: pg_sys::Buffer, blk: u32) {
     if buf <= 0 {
