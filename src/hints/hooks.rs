@@ -1,5 +1,14 @@
 //! The planner hooks that apply hints.
 //!
+//! The entry points PostgreSQL calls are in C (`shim.c`, compiled by
+//! build.rs): they call into core (the next planner, standard_join_search,
+//! geqo, the chained hooks, the scan-path builders) under `PG_TRY`, so that an
+//! ERROR raised there reaches PostgreSQL with its original ErrorData (CONTEXT
+//! lines included), which pgrx's FFI guard would replace with a copy missing
+//! most fields. The `torii_hints_*` functions below are what the shim calls
+//! back: `#[pg_guard]`, and holding no Rust value with a destructor while the
+//! shim runs core code.
+//!
 //! * `planner_hook`: finds the statement's hints (comment or stored), applies
 //!   `Set(...)` and parallel-cost settings for the duration of planning, and
 //!   reports the outcome.
@@ -26,36 +35,66 @@ use super::{
     stack_depth, HintState, Status, ENABLE_HINTS, HINTS_DEBUG,
 };
 
-static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
-static mut PREV_SET_REL_PATHLIST: pg_sys::set_rel_pathlist_hook_type = None;
-static mut PREV_JOIN_SEARCH: pg_sys::join_search_hook_type = None;
-
 thread_local! {
     /// Set while the planner hook itself queries torii.hint_store.
     static IN_LOOKUP: Cell<bool> = const { Cell::new(false) };
 }
 
 extern "C-unwind" {
-    // Not in pgrx's bindings (joininfo.h / geqo.h), exported by the server.
+    // Not in pgrx's bindings (joininfo.h), exported by the server.
     fn have_relevant_joinclause(
         root: *mut pg_sys::PlannerInfo,
         rel1: *mut pg_sys::RelOptInfo,
         rel2: *mut pg_sys::RelOptInfo,
     ) -> bool;
-    fn geqo(
+}
+
+extern "C" {
+    // shim.c: saves the previous planner, set_rel_pathlist and join_search
+    // hooks and installs its entry points (plain assignments, cannot fail).
+    fn torii_hints_install_hooks();
+}
+
+extern "C-unwind" {
+    // shim.c: build a join relation (make_join_rel, or with `direction` +1 /
+    // -1 an inner join with r1 / r2 as the outer side only) with the join
+    // switches set as `switches` says; finish a join relation of a level
+    // (partitionwise paths, gather paths when `gather`, set_cheapest). An
+    // ERROR raised by core in there is caught, copied into `*error` (and the
+    // error state flushed): torii_hints_join_search returns it to the shim,
+    // which re-throws it unchanged with ReThrowError once the Rust frames are
+    // gone. Called through pg_guard_ffi_boundary all the same.
+    fn torii_hints_make_join_rel(
         root: *mut pg_sys::PlannerInfo,
-        number_of_rels: c_int,
-        initial_rels: *mut pg_sys::List,
+        r1: *mut pg_sys::RelOptInfo,
+        r2: *mut pg_sys::RelOptInfo,
+        switches: *const JoinSwitches,
+        direction: c_int,
+        error: *mut *mut pg_sys::ErrorData,
     ) -> *mut pg_sys::RelOptInfo;
+    fn torii_hints_finish_join_rel(
+        root: *mut pg_sys::PlannerInfo,
+        rel: *mut pg_sys::RelOptInfo,
+        gather: bool,
+        error: *mut *mut pg_sys::ErrorData,
+    );
+}
+
+/// An ERROR raised by core while torii builds hinted join relations, copied
+/// (see torii_hints_make_join_rel); re-thrown as is by shim.c.
+type CoreError = *mut pg_sys::ErrorData;
+
+/// Join-method switches for one join relation. Same layout as
+/// `ToriiJoinSwitches` in shim.c.
+#[repr(C)]
+struct JoinSwitches {
+    nestloop: bool,
+    hashjoin: bool,
+    mergejoin: bool,
 }
 
 pub(super) unsafe fn install() {
-    PREV_PLANNER = pg_sys::planner_hook;
-    pg_sys::planner_hook = Some(planner);
-    PREV_SET_REL_PATHLIST = pg_sys::set_rel_pathlist_hook;
-    pg_sys::set_rel_pathlist_hook = Some(set_rel_pathlist);
-    PREV_JOIN_SEARCH = pg_sys::join_search_hook;
-    pg_sys::join_search_hook = Some(join_search);
+    torii_hints_install_hooks();
 }
 
 // ---------------------------------------------------------------------------
@@ -109,56 +148,10 @@ fn union(a: &[i32], b: &[i32]) -> Vec<i32> {
     v
 }
 
-/// The planner switches torii changes, restored on drop (also when an error
-/// unwinds through the hook).
-struct Switches {
-    seqscan: bool,
-    indexscan: bool,
-    indexonlyscan: bool,
-    bitmapscan: bool,
-    tidscan: bool,
-    nestloop: bool,
-    hashjoin: bool,
-    mergejoin: bool,
-    max_workers: c_int,
-}
-
-impl Switches {
-    unsafe fn save() -> Switches {
-        Switches {
-            seqscan: pg_sys::enable_seqscan,
-            indexscan: pg_sys::enable_indexscan,
-            indexonlyscan: pg_sys::enable_indexonlyscan,
-            bitmapscan: pg_sys::enable_bitmapscan,
-            tidscan: pg_sys::enable_tidscan,
-            nestloop: pg_sys::enable_nestloop,
-            hashjoin: pg_sys::enable_hashjoin,
-            mergejoin: pg_sys::enable_mergejoin,
-            max_workers: pg_sys::max_parallel_workers_per_gather,
-        }
-    }
-}
-
-impl Drop for Switches {
-    fn drop(&mut self) {
-        unsafe {
-            pg_sys::enable_seqscan = self.seqscan;
-            pg_sys::enable_indexscan = self.indexscan;
-            pg_sys::enable_indexonlyscan = self.indexonlyscan;
-            pg_sys::enable_bitmapscan = self.bitmapscan;
-            pg_sys::enable_tidscan = self.tidscan;
-            pg_sys::enable_nestloop = self.nestloop;
-            pg_sys::enable_hashjoin = self.hashjoin;
-            pg_sys::enable_mergejoin = self.mergejoin;
-            pg_sys::max_parallel_workers_per_gather = self.max_workers;
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // planner_hook
 
-/// Pops the hint state even when planning fails.
+/// Pops the hint state if `torii_hints_planner_begin` fails after pushing it.
 struct StackGuard(usize);
 
 impl Drop for StackGuard {
@@ -233,29 +226,30 @@ unsafe fn statement_text(
     qs
 }
 
-unsafe fn call_next_planner(
-    parse: *mut pg_sys::Query,
-    query_string: *const std::ffi::c_char,
-    cursor_options: c_int,
-    bound_params: pg_sys::ParamListInfo,
-) -> *mut pg_sys::PlannedStmt {
-    match PREV_PLANNER {
-        Some(prev) => {
-            pg_guard_ffi_boundary(|| prev(parse, query_string, cursor_options, bound_params))
-        }
-        None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
-    }
+/// What `torii_hints_planner_begin` hands to the shim (as an opaque pointer)
+/// and gets back in `torii_hints_planner_end`.
+struct PlanCtx {
+    /// Hint-stack depth before this statement's state was pushed.
+    depth: usize,
+    has_hints: bool,
+    /// GUC nest level of the `Set(...)` / `Parallel` settings.
+    nest: Option<c_int>,
 }
 
+/// planner_hook, first half (called by shim.c before the next planner):
+/// finds the statement's hints, pushes them on the hint stack and applies
+/// the query-wide settings. Returns null when hints are off (the shim then
+/// just calls the next planner); otherwise the shim calls
+/// `torii_hints_planner_end` with the pointer exactly once, also when
+/// planning fails.
 #[pg_guard]
-unsafe extern "C-unwind" fn planner(
+#[no_mangle]
+unsafe extern "C-unwind" fn torii_hints_planner_begin(
     parse: *mut pg_sys::Query,
     query_string: *const std::ffi::c_char,
-    cursor_options: c_int,
-    bound_params: pg_sys::ParamListInfo,
-) -> *mut pg_sys::PlannedStmt {
+) -> *mut c_void {
     if !ENABLE_HINTS.get() || IN_LOOKUP.with(|c| c.get()) {
-        return call_next_planner(parse, query_string, cursor_options, bound_params);
+        return std::ptr::null_mut();
     }
 
     // Stored hints win over a comment (as pg_hint_plan's hint table does).
@@ -278,25 +272,47 @@ unsafe extern "C-unwind" fn planner(
     let depth = stack_depth();
     let has_hints = !state.entries.is_empty();
     push_state(state);
+    // Pops the state if applying the settings fails; once this function
+    // returns, popping is torii_hints_planner_end's job.
     let guard = StackGuard(depth);
+    let nest = has_hints.then(|| apply_query_settings());
+    std::mem::forget(guard);
+    Box::into_raw(Box::new(PlanCtx {
+        depth,
+        has_hints,
+        nest,
+    })) as *mut c_void
+}
 
-    let mut nest = None;
-    if has_hints {
-        nest = Some(apply_query_settings());
-    }
-    let result = call_next_planner(parse, query_string, cursor_options, bound_params);
-    if let Some(level) = nest {
+/// planner_hook, second half (called by shim.c after the next planner
+/// returned, or from its `PG_CATCH` before re-throwing the error as is):
+/// pops the GUC level and the hint state; on success, logs and collects the
+/// hints' outcome. With `failed`, only does what cannot raise an error.
+#[pg_guard]
+#[no_mangle]
+unsafe extern "C-unwind" fn torii_hints_planner_end(ctx: *mut c_void, failed: bool) {
+    let ctx = Box::from_raw(ctx as *mut PlanCtx);
+    if let Some(level) = ctx.nest {
         pg_sys::AtEOXact_GUC(true, level);
     }
+    while stack_depth() > ctx.depth + 1 {
+        pop_state();
+    }
     let state = pop_state().unwrap_or_default();
-    drop(guard);
-    if has_hints {
+    if ctx.has_hints && !failed {
         if HINTS_DEBUG.get() {
             log_state(&state);
         }
         collect_state(&state, stack_depth());
     }
-    result
+}
+
+/// Whether a statement is being planned with hints on (the scan and join
+/// entry points of shim.c ask before calling the functions below).
+#[pg_guard]
+#[no_mangle]
+unsafe extern "C-unwind" fn torii_hints_active() -> bool {
+    stack_depth() > 0 && ENABLE_HINTS.get()
 }
 
 /// Apply `Set(...)` hints and the query-wide parts of `Parallel` hints at a
@@ -381,26 +397,39 @@ fn log_state(st: &HintState) {
 // ---------------------------------------------------------------------------
 // scan hints
 
-#[pg_guard]
-unsafe extern "C-unwind" fn set_rel_pathlist(
-    root: *mut pg_sys::PlannerInfo,
-    rel: *mut pg_sys::RelOptInfo,
-    rti: pg_sys::Index,
-    rte: *mut pg_sys::RangeTblEntry,
-) {
-    if stack_depth() > 0 && ENABLE_HINTS.get() {
-        apply_scan_hints(root, rel, rte);
-    }
-    if let Some(prev) = PREV_SET_REL_PATHLIST {
-        pg_guard_ffi_boundary(|| prev(root, rel, rti, rte));
-    }
+/// A hinted base relation's scan settings, filled by
+/// `torii_hints_scan_prepare` for shim.c, which regenerates the relation's
+/// paths with them (what set_plain_rel_pathlist does) and restores the
+/// switches even when that fails. Same layout as `ToriiScanPlan` in shim.c.
+#[repr(C)]
+struct ScanPlan {
+    enable_seqscan: bool,
+    enable_indexscan: bool,
+    enable_indexonlyscan: bool,
+    enable_bitmapscan: bool,
+    enable_tidscan: bool,
+    /// `Parallel(t n)`: n; -1 without a Parallel hint for the relation.
+    workers: c_int,
+    // Read by torii_hints_scan_finish only.
+    /// Index of the scan hint applied, -1 for none.
+    scan_idx: i64,
+    /// Index of the Parallel hint applied, -1 for none.
+    parallel_idx: i64,
+    hard: bool,
+    prefer_index_only: bool,
 }
 
-unsafe fn apply_scan_hints(
-    root: *mut pg_sys::PlannerInfo,
+/// set_rel_pathlist_hook, first half: whether torii regenerates `rel`'s scan
+/// paths (then `plan` is filled). Restricts the index list for
+/// `IndexScan(t idx ...)`.
+#[pg_guard]
+#[no_mangle]
+unsafe extern "C-unwind" fn torii_hints_scan_prepare(
+    _root: *mut pg_sys::PlannerInfo,
     rel: *mut pg_sys::RelOptInfo,
     rte: *mut pg_sys::RangeTblEntry,
-) {
+    plan: *mut ScanPlan,
+) -> bool {
     if (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION
         || (*rel).reloptkind != pg_sys::RelOptKind::RELOPT_BASEREL
         || (*rte).inh
@@ -408,14 +437,14 @@ unsafe fn apply_scan_hints(
         || (*rte).relkind as u8 == pg_sys::RELKIND_FOREIGN_TABLE
         || pg_sys::is_dummy_rel(rel)
     {
-        return;
+        return false;
     }
     let name = rte_alias(rte);
     let hints = rel_hints(&name);
     let mut scan = hints.scan;
     let parallel = hints.parallel;
     if scan.is_none() && parallel.is_none() {
-        return;
+        return false;
     }
 
     // IndexScan(t idx ...): keep only the named indexes.
@@ -455,11 +484,21 @@ unsafe fn apply_scan_hints(
         }
     }
     if scan.is_none() && parallel.is_none() {
-        return;
+        return false;
     }
 
-    let saved = Switches::save();
-    let mut prefer_index_only = false;
+    let mut p = ScanPlan {
+        enable_seqscan: pg_sys::enable_seqscan,
+        enable_indexscan: pg_sys::enable_indexscan,
+        enable_indexonlyscan: pg_sys::enable_indexonlyscan,
+        enable_bitmapscan: pg_sys::enable_bitmapscan,
+        enable_tidscan: pg_sys::enable_tidscan,
+        workers: -1,
+        scan_idx: scan.as_ref().map_or(-1, |(i, _)| *i as i64),
+        parallel_idx: parallel.as_ref().map_or(-1, |(i, _)| *i as i64),
+        hard: false,
+        prefer_index_only: false,
+    };
     if let Some((
         _,
         Hint {
@@ -472,84 +511,62 @@ unsafe fn apply_scan_hints(
     {
         if *negated {
             match method {
-                ScanMethod::SeqScan => pg_sys::enable_seqscan = false,
+                ScanMethod::SeqScan => p.enable_seqscan = false,
                 ScanMethod::IndexScan => {
-                    pg_sys::enable_indexscan = false;
-                    pg_sys::enable_indexonlyscan = false;
+                    p.enable_indexscan = false;
+                    p.enable_indexonlyscan = false;
                 }
-                ScanMethod::IndexOnlyScan => pg_sys::enable_indexonlyscan = false,
-                ScanMethod::BitmapScan => pg_sys::enable_bitmapscan = false,
-                ScanMethod::TidScan => pg_sys::enable_tidscan = false,
+                ScanMethod::IndexOnlyScan => p.enable_indexonlyscan = false,
+                ScanMethod::BitmapScan => p.enable_bitmapscan = false,
+                ScanMethod::TidScan => p.enable_tidscan = false,
             }
         } else {
-            pg_sys::enable_seqscan = *method == ScanMethod::SeqScan;
-            pg_sys::enable_indexscan =
+            p.enable_seqscan = *method == ScanMethod::SeqScan;
+            p.enable_indexscan =
                 matches!(method, ScanMethod::IndexScan | ScanMethod::IndexOnlyScan);
-            pg_sys::enable_indexonlyscan = *method == ScanMethod::IndexOnlyScan;
-            pg_sys::enable_bitmapscan = *method == ScanMethod::BitmapScan;
-            pg_sys::enable_tidscan = *method == ScanMethod::TidScan;
-            prefer_index_only = *method == ScanMethod::IndexOnlyScan;
+            p.enable_indexonlyscan = *method == ScanMethod::IndexOnlyScan;
+            p.enable_bitmapscan = *method == ScanMethod::BitmapScan;
+            p.enable_tidscan = *method == ScanMethod::TidScan;
+            p.prefer_index_only = *method == ScanMethod::IndexOnlyScan;
         }
     }
-    let mut workers: Option<u32> = None;
     if let Some((
         _,
         Hint {
-            kind: HintKind::Parallel { workers: n, .. },
+            kind: HintKind::Parallel {
+                workers: n, hard, ..
+            },
             ..
         },
     )) = &parallel
     {
-        workers = Some(*n);
+        p.workers = (*n).min(c_int::MAX as u32) as c_int;
+        p.hard = *hard;
         if *n > 0 {
-            (*rel).rel_parallel_workers = *n as c_int;
-            pg_sys::max_parallel_workers_per_gather = *n as c_int;
+            (*rel).rel_parallel_workers = p.workers;
         }
     }
+    plan.write(p);
+    true
+}
 
-    // What set_plain_rel_pathlist does, with the switches above.
-    (*rel).pathlist = std::ptr::null_mut();
-    (*rel).partial_pathlist = std::ptr::null_mut();
-    let required_outer = (*rel).lateral_relids;
-    pg_sys::add_path(
-        rel,
-        pg_sys::create_seqscan_path(root, rel, required_outer, 0),
-    );
-    if (*rel).consider_parallel && required_outer.is_null() && workers != Some(0) {
-        let n = match workers {
-            Some(n) => n as c_int,
-            None => pg_sys::compute_parallel_worker(
-                rel,
-                (*rel).pages as f64,
-                -1.0,
-                pg_sys::max_parallel_workers_per_gather,
-            ),
-        };
-        if n > 0 {
-            pg_sys::add_partial_path(
-                rel,
-                pg_sys::create_seqscan_path(root, rel, std::ptr::null_mut(), n),
-            );
-        }
-    }
-    pg_sys::create_index_paths(root, rel);
-    pg_sys::create_tidscan_paths(root, rel);
-    drop(saved);
-
-    if workers == Some(0) {
+/// set_rel_pathlist_hook, second half: after shim.c regenerated the paths
+/// as `plan` says, applies what the switches cannot express and reports the
+/// hints' outcome.
+#[pg_guard]
+#[no_mangle]
+unsafe extern "C-unwind" fn torii_hints_scan_finish(
+    root: *mut pg_sys::PlannerInfo,
+    rel: *mut pg_sys::RelOptInfo,
+    rte: *mut pg_sys::RangeTblEntry,
+    plan: *const ScanPlan,
+) {
+    let p = &*plan;
+    let name = rte_alias(rte);
+    if p.workers == 0 {
         (*rel).partial_pathlist = std::ptr::null_mut();
     }
-    let hard = matches!(
-        &parallel,
-        Some((
-            _,
-            Hint {
-                kind: HintKind::Parallel { hard: true, .. },
-                ..
-            }
-        ))
-    );
-    if hard && workers.unwrap_or(0) > 0 && !(*rel).partial_pathlist.is_null() {
+    if p.hard && p.workers > 0 && !(*rel).partial_pathlist.is_null() {
         // Parallel(t n hard): gather the partial paths now (the parallel
         // costs are zero for this statement) and keep only those.
         // Start from an empty pathlist so that no serial path rejects them.
@@ -560,7 +577,7 @@ unsafe fn apply_scan_hints(
             (*rel).pathlist = serial;
         }
     }
-    if prefer_index_only {
+    if p.prefer_index_only {
         for list in [&mut (*rel).pathlist, &mut (*rel).partial_pathlist] {
             let paths: Vec<*mut pg_sys::Path> = list_ptrs(*list);
             if paths
@@ -576,18 +593,26 @@ unsafe fn apply_scan_hints(
         }
     }
 
-    if let Some((idx, _)) = scan {
-        mark(idx, Status::Used, format!("applied to \"{name}\""));
+    if p.scan_idx >= 0 {
+        mark(
+            p.scan_idx as usize,
+            Status::Used,
+            format!("applied to \"{name}\""),
+        );
     }
-    if let Some((idx, _)) = parallel {
-        if workers != Some(0) && !(*rel).consider_parallel {
+    if p.parallel_idx >= 0 {
+        if p.workers != 0 && !(*rel).consider_parallel {
             mark(
-                idx,
+                p.parallel_idx as usize,
                 Status::NotUsed,
                 format!("\"{name}\" cannot be scanned in parallel"),
             );
         } else {
-            mark(idx, Status::Used, format!("applied to \"{name}\""));
+            mark(
+                p.parallel_idx as usize,
+                Status::Used,
+                format!("applied to \"{name}\""),
+            );
         }
     }
 }
@@ -798,38 +823,42 @@ unsafe fn build_join_plan(
     plan
 }
 
-unsafe fn fallback_join_search(
+/// join_search_hook (called by shim.c): the hinted join search when join
+/// hints apply at this query level, else null (the shim then calls the
+/// previous hook, geqo or standard_join_search itself). When core raised an
+/// ERROR while building the join relations, returns null with the copied
+/// error in `*error`, for the shim to re-throw.
+#[pg_guard]
+#[no_mangle]
+unsafe extern "C-unwind" fn torii_hints_join_search(
     root: *mut pg_sys::PlannerInfo,
     levels_needed: c_int,
     initial_rels: *mut pg_sys::List,
+    error: *mut CoreError,
 ) -> *mut pg_sys::RelOptInfo {
-    if let Some(prev) = PREV_JOIN_SEARCH {
-        pg_guard_ffi_boundary(|| prev(root, levels_needed, initial_rels))
-    } else if pg_sys::enable_geqo && levels_needed >= pg_sys::geqo_threshold {
-        pg_guard_ffi_boundary(|| geqo(root, levels_needed, initial_rels))
-    } else {
-        pg_sys::standard_join_search(root, levels_needed, initial_rels)
+    match join_search_inner(root, levels_needed, initial_rels) {
+        Ok(rel) => rel,
+        Err(e) => {
+            *error = e;
+            std::ptr::null_mut()
+        }
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn join_search(
+unsafe fn join_search_inner(
     root: *mut pg_sys::PlannerInfo,
     levels_needed: c_int,
     initial_rels: *mut pg_sys::List,
-) -> *mut pg_sys::RelOptInfo {
-    if stack_depth() == 0 || !ENABLE_HINTS.get() {
-        return fallback_join_search(root, levels_needed, initial_rels);
-    }
+) -> Result<*mut pg_sys::RelOptInfo, CoreError> {
     let plan = build_join_plan(root, initial_rels);
     if plan.is_empty() {
-        return fallback_join_search(root, levels_needed, initial_rels);
+        return Ok(std::ptr::null_mut());
     }
-    if let Some(rel) = hinted_join_search(root, levels_needed, initial_rels, &plan) {
+    if let Some(rel) = hinted_join_search(root, levels_needed, initial_rels, &plan)? {
         if let Some((idx, _, _)) = &plan.leading {
             mark(*idx, Status::Used, "");
         }
-        return rel;
+        return Ok(rel);
     }
     // The Leading order could not be built (e.g. outer-join constraints):
     // search again without it.
@@ -841,8 +870,8 @@ unsafe extern "C-unwind" fn join_search(
             "the join order is not possible for this query",
         );
     }
-    match hinted_join_search(root, levels_needed, initial_rels, &plan) {
-        Some(rel) => rel,
+    match hinted_join_search(root, levels_needed, initial_rels, &plan)? {
+        Some(rel) => Ok(rel),
         None => pgrx::error!("torii: failed to build any {levels_needed}-way joins"),
     }
 }
@@ -854,7 +883,7 @@ unsafe fn hinted_join_search(
     levels_needed: c_int,
     initial_rels: *mut pg_sys::List,
     plan: &JoinPlan,
-) -> Option<*mut pg_sys::RelOptInfo> {
+) -> Result<Option<*mut pg_sys::RelOptInfo>, CoreError> {
     let n = levels_needed as usize;
     let levels = pg_sys::palloc0((n + 1) * std::mem::size_of::<*mut pg_sys::List>())
         as *mut *mut pg_sys::List;
@@ -863,27 +892,27 @@ unsafe fn hinted_join_search(
 
     for lev in 2..=n {
         (*root).join_cur_level = lev as c_int;
-        join_one_level(root, levels, lev, plan, false);
+        join_one_level(root, levels, lev, plan, false)?;
         if (*levels.add(lev)).is_null() {
             // like core: fall back to clauseless joins. A level may stay
             // empty under a bushy Leading tree.
-            join_one_level(root, levels, lev, plan, true);
+            join_one_level(root, levels, lev, plan, true)?;
         }
         let rels: Vec<*mut pg_sys::RelOptInfo> = list_ptrs(*levels.add(lev));
         for rel in rels {
             apply_rows(rel, plan);
-            pg_sys::generate_partitionwise_join_paths(root, rel);
-            if lev < n {
-                pg_sys::generate_useful_gather_paths(root, rel, false);
+            let mut error: CoreError = std::ptr::null_mut();
+            pg_guard_ffi_boundary(|| torii_hints_finish_join_rel(root, rel, lev < n, &mut error));
+            if !error.is_null() {
+                return Err(error);
             }
-            pg_sys::set_cheapest(rel);
         }
     }
     let result = list_ptrs::<pg_sys::RelOptInfo>(*levels.add(n))
         .first()
         .copied();
     (*root).join_rel_level = std::ptr::null_mut();
-    result
+    Ok(result)
 }
 
 unsafe fn apply_rows(rel: *mut pg_sys::RelOptInfo, plan: &JoinPlan) {
@@ -910,7 +939,7 @@ unsafe fn join_one_level(
     lev: usize,
     plan: &JoinPlan,
     clauseless: bool,
-) {
+) -> Result<(), CoreError> {
     for k in 1..=lev / 2 {
         let left: Vec<*mut pg_sys::RelOptInfo> = list_ptrs(*levels.add(k));
         let right: Vec<*mut pg_sys::RelOptInfo> = list_ptrs(*levels.add(lev - k));
@@ -944,7 +973,7 @@ unsafe fn join_one_level(
                     Allowed::Forced { outer_first } => outer_first,
                     _ => None,
                 };
-                let rel = make_hinted_join(root, r1, r2, &joined, outer_first, plan);
+                let rel = make_hinted_join(root, r1, r2, &joined, outer_first, plan)?;
                 if !rel.is_null()
                     && !pg_sys::list_member_ptr(*levels.add(lev), rel as *const c_void)
                 {
@@ -953,6 +982,7 @@ unsafe fn join_one_level(
             }
         }
     }
+    Ok(())
 }
 
 unsafe fn make_hinted_join(
@@ -962,21 +992,25 @@ unsafe fn make_hinted_join(
     joined: &[i32],
     outer_first: Option<bool>,
     plan: &JoinPlan,
-) -> *mut pg_sys::RelOptInfo {
-    let saved = Switches::save();
+) -> Result<*mut pg_sys::RelOptInfo, CoreError> {
+    let mut switches = JoinSwitches {
+        nestloop: pg_sys::enable_nestloop,
+        hashjoin: pg_sys::enable_hashjoin,
+        mergejoin: pg_sys::enable_mergejoin,
+    };
     let mut used_method = None;
     for (idx, set, method, negated) in &plan.methods {
         if set.as_slice() == joined {
             if *negated {
                 match method {
-                    JoinMethod::NestLoop => pg_sys::enable_nestloop = false,
-                    JoinMethod::HashJoin => pg_sys::enable_hashjoin = false,
-                    JoinMethod::MergeJoin => pg_sys::enable_mergejoin = false,
+                    JoinMethod::NestLoop => switches.nestloop = false,
+                    JoinMethod::HashJoin => switches.hashjoin = false,
+                    JoinMethod::MergeJoin => switches.mergejoin = false,
                 }
             } else {
-                pg_sys::enable_nestloop = *method == JoinMethod::NestLoop;
-                pg_sys::enable_hashjoin = *method == JoinMethod::HashJoin;
-                pg_sys::enable_mergejoin = *method == JoinMethod::MergeJoin;
+                switches.nestloop = *method == JoinMethod::NestLoop;
+                switches.hashjoin = *method == JoinMethod::HashJoin;
+                switches.mergejoin = *method == JoinMethod::MergeJoin;
             }
             used_method = Some(*idx);
         }
@@ -985,51 +1019,24 @@ unsafe fn make_hinted_join(
         && !(*root).hasLateralRTEs
         && !pg_sys::is_dummy_rel(r1)
         && !pg_sys::is_dummy_rel(r2);
-    let rel = match outer_first {
-        Some(first) if direct_ok => {
-            let (outer, inner) = if first { (r1, r2) } else { (r2, r1) };
-            directed_inner_join(root, outer, inner)
-        }
-        _ => pg_sys::make_join_rel(root, r1, r2),
+    // What make_join_rel does for a plain inner join, minus the reversed
+    // pair, when the Leading direction is fixed.
+    let direction: c_int = match outer_first {
+        Some(true) if direct_ok => 1,
+        Some(false) if direct_ok => -1,
+        _ => 0,
     };
-    drop(saved);
+    let mut error: CoreError = std::ptr::null_mut();
+    let rel = pg_guard_ffi_boundary(|| {
+        torii_hints_make_join_rel(root, r1, r2, &switches, direction, &mut error)
+    });
+    if !error.is_null() {
+        return Err(error);
+    }
     if let Some(idx) = used_method {
         if !rel.is_null() {
             mark(idx, Status::Used, "");
         }
     }
-    rel
-}
-
-/// An inner join built in one direction only (outer, inner): what
-/// make_join_rel does for a plain inner join, minus the reversed pair.
-unsafe fn directed_inner_join(
-    root: *mut pg_sys::PlannerInfo,
-    outer: *mut pg_sys::RelOptInfo,
-    inner: *mut pg_sys::RelOptInfo,
-) -> *mut pg_sys::RelOptInfo {
-    let sj = pg_sys::palloc0(std::mem::size_of::<pg_sys::SpecialJoinInfo>())
-        as *mut pg_sys::SpecialJoinInfo;
-    (*sj).type_ = pg_sys::NodeTag::T_SpecialJoinInfo;
-    (*sj).min_lefthand = (*outer).relids;
-    (*sj).min_righthand = (*inner).relids;
-    (*sj).syn_lefthand = (*outer).relids;
-    (*sj).syn_righthand = (*inner).relids;
-    (*sj).jointype = pg_sys::JoinType::JOIN_INNER;
-    let joinrelids = pg_sys::bms_union((*outer).relids, (*inner).relids);
-    let mut restrictlist: *mut pg_sys::List = std::ptr::null_mut();
-    let joinrel = pg_sys::build_join_rel(root, joinrelids, outer, inner, sj, &mut restrictlist);
-    if pg_sys::is_dummy_rel(joinrel) {
-        return joinrel;
-    }
-    pg_sys::add_paths_to_joinrel(
-        root,
-        joinrel,
-        outer,
-        inner,
-        pg_sys::JoinType::JOIN_INNER,
-        sj,
-        restrictlist,
-    );
-    joinrel
+    Ok(rel)
 }

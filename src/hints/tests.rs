@@ -559,4 +559,53 @@ mod tests {
             check(hints, query, expect);
         }
     }
+
+    // ------------------------------------------------------------- errors
+
+    /// An ERROR raised inside the planner (here: constant folding of the
+    /// inlined SQL function log(numeric)) goes through torii's planner hook
+    /// untouched, CONTEXT lines included, and leaves no hint state behind.
+    #[pg_test]
+    fn planning_error_keeps_context() {
+        setup();
+        Spi::run(
+            r#"
+            CREATE FUNCTION planning_error_context(q text) RETURNS text LANGUAGE plpgsql AS $$
+            DECLARE ctx text;
+            BEGIN
+                EXECUTE q;
+                RETURN 'no error';
+            EXCEPTION WHEN invalid_argument_for_logarithm THEN
+                GET STACKED DIAGNOSTICS ctx = PG_EXCEPTION_CONTEXT;
+                RETURN ctx;
+            END $$;
+            "#,
+        )
+        .unwrap();
+        let work_mem = || Spi::get_one::<String>("SELECT current_setting('work_mem')").unwrap();
+        let before = work_mem();
+        for q in [
+            "SELECT log(-12.34)",
+            "/*+ Set(work_mem '64MB') SeqScan(t1) */ SELECT log(-12.34) FROM t1 WHERE id = 5",
+        ] {
+            let ctx =
+                Spi::get_one_with_args::<String>("SELECT planning_error_context($1)", &[q.into()])
+                    .unwrap()
+                    .unwrap_or_default();
+            assert!(
+                ctx.starts_with("SQL function \"log\" statement 1"),
+                "{q}: context {ctx:?}"
+            );
+        }
+        assert_ne!(before.as_deref(), Some("64MB"));
+        assert_eq!(work_mem(), before);
+        // Hints still apply (and are reported) after the failed planning.
+        check(
+            "SeqScan(t1)",
+            "SELECT * FROM t1 WHERE id = 5",
+            &["Seq Scan on t1"],
+        );
+        let rep = report("/*+ SeqScan(t1) */ SELECT * FROM t1 WHERE id = 5");
+        assert_eq!(status_of(&rep, "SeqScan(t1)"), "used");
+    }
 }
