@@ -179,7 +179,16 @@ unsafe fn stored_hints(query_id: i64) -> Option<String> {
     if nsp == pg_sys::InvalidOid {
         return None;
     }
-    if pg_sys::get_relname_relid(c"hint_store".as_ptr(), nsp) == pg_sys::InvalidOid {
+    let store = pg_sys::get_relname_relid(c"hint_store".as_ptr(), nsp);
+    if store == pg_sys::InvalidOid {
+        return None;
+    }
+    // A role that may not read the store plans without stored hints instead of failing.
+    let me = pg_sys::GetUserId();
+    if pg_sys::pg_namespace_aclcheck(nsp, me, pg_sys::ACL_USAGE) != pg_sys::AclResult::ACLCHECK_OK
+        || pg_sys::pg_class_aclcheck(store, me, pg_sys::ACL_SELECT)
+            != pg_sys::AclResult::ACLCHECK_OK
+    {
         return None;
     }
     IN_LOOKUP.with(|c| c.set(true));
@@ -253,7 +262,7 @@ unsafe extern "C-unwind" fn torii_hints_planner_begin(
     }
 
     // Stored hints win over a comment (as pg_hint_plan's hint table does).
-    let stored = stored_hints((*parse).queryId as i64);
+    let stored = stored_hints(super::query_id_of(parse, query_string));
     let state = match stored {
         Some(text) => HintState::from_parsed(torii_hints::parse_hints(&text), "stored"),
         None => {

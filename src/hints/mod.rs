@@ -38,11 +38,28 @@ pub fn init() {
         GucFlags::default(),
     );
     unsafe {
-        // Stored hints are keyed by query id: make `compute_query_id = auto`
-        // compute it.
-        pg_sys::EnableQueryId();
         hooks::install();
     }
+}
+
+/// The query id stored hints are keyed by: PostgreSQL's own (when `compute_query_id` or a
+/// module such as pg_stat_statements computes it), else computed here with `JumbleQuery`
+/// and left off the query. torii does not call `EnableQueryId()`: that would make every
+/// session that loads torii compute query ids and print them in `EXPLAIN VERBOSE`.
+///
+/// # Safety
+/// `query` must be a valid analyzed Query and `text` its source text (or null).
+pub(crate) unsafe fn query_id_of(query: *mut pg_sys::Query, text: *const std::ffi::c_char) -> i64 {
+    if (*query).queryId != 0 {
+        return (*query).queryId as i64;
+    }
+    if text.is_null() {
+        return 0;
+    }
+    pg_sys::JumbleQuery(query, text);
+    let id = (*query).queryId;
+    (*query).queryId = 0;
+    id as i64
 }
 
 /// What became of one hint during planning.

@@ -64,7 +64,7 @@ fn query_id(query: &str) -> i64 {
     let Some(q) = qs.first() else {
         error!("torii.query_id: no statement in query text");
     };
-    let id = unsafe { (**q).queryId } as i64;
+    let id = unsafe { super::query_id_of(*q, c.as_ptr()) };
     if id == 0 {
         error!("torii.query_id: query ids are not computed (set compute_query_id to on or auto and load torii before parsing)");
     }
@@ -81,7 +81,15 @@ fn validate(hints: &str) {
     }
 }
 
+/// Stored hints are table rows: refuse cleanly where writes are not allowed (a standby, a
+/// read-only transaction) instead of failing deep inside SPI.
+fn require_writable(what: &std::ffi::CStr) {
+    // SAFETY: raises the standard 25006 error when the transaction is read-only.
+    unsafe { pg_sys::PreventCommandIfReadOnly(what.as_ptr()) }
+}
+
 fn store(id: i64, query_text: Option<&str>, hints: &str) {
+    require_writable(c"torii.hint_set()");
     validate(hints);
     Spi::run_with_args(
         "INSERT INTO torii.hint_store(query_id, query_text, hints) VALUES ($1, $2, $3)
@@ -109,6 +117,7 @@ fn hint_set_text(query_text: &str, hints: &str) -> i64 {
 }
 
 fn clear(id: i64) -> bool {
+    require_writable(c"torii.hint_clear()");
     Spi::get_one_with_args::<i64>(
         "WITH d AS (DELETE FROM torii.hint_store WHERE query_id = $1 RETURNING 1) SELECT count(*) FROM d",
         &[id.into()],

@@ -75,6 +75,9 @@ fn torii_vacuum(
         name!(horizon_after, i64),
     ),
 > {
+    // Like VACUUM: it writes, so not during recovery (SQLSTATE 25006).
+    // SAFETY: raises the standard error on a standby.
+    unsafe { pg_sys::PreventCommandDuringRecovery(c"torii.vacuum()".as_ptr()) };
     let r = open(rel, pg_sys::ShareUpdateExclusiveLock);
     require_torii(&r);
     // Same privilege rule as VACUUM: owner of the table or of the database, or superuser.
