@@ -26,17 +26,32 @@ EXPLAIN_RE = re.compile(r'^\s*explain\b', re.I)
 
 
 # ------------------------------------------------------------------ rules
+NEVER = r'(?!)'  # a regex that matches nothing
+
+
+def expand(pattern, am, ext_ams):
+    """{am}: the AM under test; {ext_am_names}/{ext_am_oids}: alternations of the access methods
+    (names / OIDs in this suite's database) that the extension creates, plus {am}."""
+    names = sorted({am} | {n for _, n in ext_ams})
+    oids = sorted({o for o, _ in ext_ams})
+    return (pattern.replace('{am}', re.escape(am))
+            .replace('{ext_am_names}', '|'.join(re.escape(n) for n in names) or NEVER)
+            .replace('{ext_am_oids}', '|'.join(oids) or NEVER))
+
+
 class Rule:
-    def __init__(self, name, sec, am):
+    def __init__(self, name, sec, am, ext_ams=()):
         self.name = name
         self.kind = sec.get('kind', '').strip()
         self.why = sec.get('why', '').strip()
         self.tests = set(sec.get('tests', '').split())
-        # {am} stands for the access method under test (torii)
         self.pattern = sec.get('pattern')
         if self.pattern:
-            self.pattern = self.pattern.replace('{am}', re.escape(am))
+            self.pattern = expand(self.pattern, am, ext_ams)
         self.replace = sec.get('replace', '').replace('{am}', am)
+        # header: only result tables whose header line matches this regex (drop-row, mask-column)
+        self.header = sec.get('header')
+        self.header_rx = re.compile(expand(self.header.strip(), am, ext_ams)) if self.header else None
         if self.kind not in ('sub', 'unordered', 'mask-column', 'drop-row'):
             raise SystemExit(f'normalize.rules: [{name}] unknown kind {self.kind!r}')
         if not self.why:
@@ -50,12 +65,22 @@ class Rule:
         return not self.tests or test in self.tests
 
 
-def load_rules(path, am):
+def load_rules(path, am, ext_ams=()):
     cp = configparser.ConfigParser(interpolation=None, delimiters=('=',), comment_prefixes=('#',))
     cp.optionxform = str
     with open(path) as f:
         cp.read_file(f)
-    return [Rule(n, cp[n], am) for n in cp.sections()]
+    return [Rule(n, cp[n], am, ext_ams) for n in cp.sections()]
+
+
+def read_ext_ams(path):
+    """Lines "oid name" written by run.sh after CREATE EXTENSION."""
+    out = []
+    for line in (read(path) or '').splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit():
+            out.append((parts[0], parts[1]))
+    return out
 
 
 def find_tables(lines):
@@ -131,6 +156,8 @@ def apply_unordered(lines):
 def apply_mask_column(lines, rule):
     out = list(lines)
     for h, r0, f in list(find_tables(out)):
+        if rule.header_rx is not None and not rule.header_rx.search(out[h]):
+            continue
         cols = [c.strip() for c in out[h].split('|')]
         idx = [k for k, c in enumerate(cols) if rule.rx.search(c)]
         if not idx:
@@ -160,7 +187,8 @@ def apply_drop_row(lines, rule):
         out.extend(lines[pos:h])
         if h > pos and out[-1].startswith(' '):
             out[-1] = out[-1].strip()  # a \d-style title, centred over the table's width
-        rows = [unpad(r) for r in lines[r0:f] if not rule.rx.search(r)]
+        drop = rule.header_rx is None or rule.header_rx.search(lines[h])
+        rows = [unpad(r) for r in lines[r0:f] if not (drop and rule.rx.search(r))]
         out.append(unpad(lines[h]))
         out.append('-')
         out.extend(rows)
@@ -211,7 +239,8 @@ def parse_status(stdout_path):
         m = STATUS_RE.match(line)
         if m:
             res[m.group(1)] = 'ok' if m.group(2).startswith('ok') else 'FAILED'
-            x = re.search(r'\(test process (exited with exit code \d+|was terminated[^)]*)\)', m.group(3))
+            x = re.search(r'\((?:test process )?(exited with exit code \d+|was terminated[^)]*|timed out after \d+s)\)',
+                          m.group(3))
             if x:
                 EXITED[(stdout_path, m.group(1))] = x.group(1)
     return res
@@ -241,6 +270,16 @@ def diff_lines(a_text, b_text, a_label, b_label, tmpdir):
     return p.stdout
 
 
+def needed_rules(a, b, test, rules, used):
+    """The rules among `used` without which a and b would no longer compare equal."""
+    keep = list(rules)
+    for name in sorted(used):
+        trial = [r for r in keep if r.name != name]
+        if normalize(a, test, trial) == normalize(b, test, trial):
+            keep = trial
+    return {r.name for r in keep} & used
+
+
 def judge_torii(test, suite, work, rules, heap_status):
     """Return (verdict, rules_used, diff_text) for a test pg_regress reported FAILED on torii."""
     indir = os.path.join(work, suite)
@@ -255,7 +294,7 @@ def judge_torii(test, suite, work, rules, heap_status):
         u = set()
         nexp = normalize(read(exp_path), test, rules, u)
         if nexp == nres:
-            return 'ok*', used | u, ''
+            return 'ok*', needed_rules(res, read(exp_path), test, rules, used | u), ''
         d = diff_lines(nexp, nres, 'expected/' + os.path.basename(exp_path) + ' (normalized)',
                        'results/' + test + '.out (normalized)', os.path.join(work, 'tmp'))
         if best is None or d.count('\n') < best.count('\n'):
@@ -344,10 +383,11 @@ def main():
     ap.add_argument('--suites', default='regress isolation')
     ap.add_argument('--quick', action='store_true')
     ap.add_argument('--write-baseline', action='store_true')
+    ap.add_argument('--baseline-note', default='')
     ap.add_argument('--torii-skipped', action='store_true')
     a = ap.parse_args()
 
-    rules = load_rules(a.rules, a.am)
+    load_rules(a.rules, a.am)  # validate early
     sides = a.sides.split()
     suites = a.suites.split()
     work = a.work
@@ -367,6 +407,7 @@ def main():
         tests = list(heap) + [t for t in torii if t not in heap]
         p(f'== {suite}: {len(tests)} tests')
         p(f'   {"test":34s} {"heap":6s} {"torii":6s} note')
+        rules = load_rules(a.rules, a.am, read_ext_ams(os.path.join(work, 'out', 'torii', suite, 'ext-ams.txt')))
         verdicts = {}
         crashes = {side: scan_crashes(os.path.join(work, 'logs', f'{side}-{suite}.log')) for side in sides}
         torii_crashed = bool(crashes.get('torii'))
@@ -396,7 +437,10 @@ def main():
                 note = ('TORII-ONLY FAILURE ' + note).strip()
             ex = EXITED.get((os.path.join(work, 'out', 'torii', suite, 'stdout.txt'), t))
             if ex and v == 'FAIL':
-                note += f' (test process {ex}' + ('; the server crashed during this suite' if torii_crashed else '') + ')'
+                if ex.startswith('timed out'):
+                    note += f' ({ex}: hang)'
+                else:
+                    note += f' (test process {ex}' + ('; the server crashed during this suite' if torii_crashed else '') + ')'
 
             hv = {'ok': 'ok', 'FAILED': 'FAIL'}.get(h, h)
             p(f'   {t:34s} {hv:6s} {v:6s} {note}'.rstrip())
@@ -421,8 +465,11 @@ def main():
                 all_crashes.append((side, suite, t, desc))
         for side in sides:
             err = read(os.path.join(work, 'out', side, suite, 'stderr.txt')) or ''
+            for line in err.splitlines():
+                if line.startswith(('HANG:', 'UNKILLABLE:')):
+                    p(f'!! {side} {suite}: {line}')
             if 'TIMEOUT' in err:
-                p(f'!! {side} {suite}: the run timed out; tests after that point were not run')
+                p(f'!! {side} {suite}: the phase ran out of time (PG_SUITE_PHASE_TIMEOUT); later tests were not run')
                 fail_exit = True
 
     # crashes
@@ -451,6 +498,8 @@ def main():
             with open(a.baseline, 'w') as f:
                 f.write('# Tests torii is known to pass (ok, ok* or =heap); written by run.sh --write-baseline.\n')
                 f.write('# run.sh exits non-zero if any of these fails on torii.\n')
+                if a.baseline_note:
+                    f.write(f'# {a.baseline_note}\n')
                 for t in sorted(passes):
                     f.write(t + '\n')
             p(f'== wrote baseline {a.baseline}: {len(passes)} tests')

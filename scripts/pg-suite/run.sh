@@ -12,12 +12,13 @@ PG_DEB_VERSION=15.18-0+deb12u1
 PG_CONFIG=${PG_CONFIG:-pg_config}
 CACHE=${TORII_CACHE:-$HOME/.cache/torii}/pg-suite
 SRC=$CACHE/postgresql-$PG_SRC_VERSION
-PHASE_TIMEOUT=${PG_SUITE_PHASE_TIMEOUT:-1200}   # seconds per pg_regress invocation
+PHASE_TIMEOUT=${PG_SUITE_PHASE_TIMEOUT:-1800}   # seconds per phase (side x suite)
+GROUP_TIMEOUT=${PG_SUITE_GROUP_TIMEOUT:-180}    # seconds per schedule group (heap: < 15 s each)
 # Hang guards set on the test databases (both sides). A storage bug that leaves a session holding
 # locks (e.g. an UPDATE that should have failed with a serialization error, so the spec never
 # ends that transaction) otherwise blocks the spec's teardown forever. No test in the suites
 # relies on the defaults (0) of these two, and none runs a statement anywhere near that long.
-STATEMENT_TIMEOUT=${PG_SUITE_STATEMENT_TIMEOUT:-300s}
+STATEMENT_TIMEOUT=${PG_SUITE_STATEMENT_TIMEOUT:-120s}
 IDLE_TIMEOUT=${PG_SUITE_IDLE_TIMEOUT:-60s}
 RULES=$HERE/normalize.rules
 BASELINE=$HERE/baseline-torii.txt
@@ -55,7 +56,8 @@ usage: $0 [options]
   --system-psql     run the tests with the installed psql (same version as the server) instead of
                     psql $PG_SRC_VERSION built from the cached source (see docs/pg-suite.md)
   -h, --help
-Environment: TORII_CACHE (default \$HOME/.cache/torii), PG_CONFIG, PG_SUITE_PHASE_TIMEOUT (s),
+Environment: TORII_CACHE (default \$HOME/.cache/torii), PG_CONFIG, PG_SUITE_PHASE_TIMEOUT (s, 1800),
+PG_SUITE_GROUP_TIMEOUT (s, 180), PG_SUITE_STATEMENT_TIMEOUT (120s), PG_SUITE_IDLE_TIMEOUT (60s),
 PG_SUITE_RUST_BACKTRACE (default 0: the server runs without Rust backtraces).
 EOF
 }
@@ -343,7 +345,7 @@ slice_log() { tail -c +"$((LOG_OFFSET + 1))" "$SERVER_LOG" >"$1"; }
 
 declare -A PHASE_SECS=()
 run_phase() {   # run_phase <side> <suite>
-    local side=$1 suite=$2 out=$WORK/out/$1/$2 t0 rc deadline left group n=0 ok fail
+    local side=$1 suite=$2 out=$WORK/out/$1/$2 t0 rc deadline left gt group n=0 ok fail
     local db driver indir sched groups=() ignores=""
     mkdir -p "$out"; chown "$PGUSER_OS" "$WORK/out" "$WORK/out/$side" "$out"
     if [ "$suite" = regress ]; then
@@ -360,6 +362,14 @@ run_phase() {   # run_phase <side> <suite>
     fi
     ignores=$(grep '^ignore:' "$sched" || true)
     prepare_db "$db" "$side" || return 1
+    if [ "$side" = torii ]; then
+        # the access methods the extension creates (for the normalization rules)
+        psql_pg -d "$db" -F' ' -Atc "SELECT a.oid, a.amname FROM pg_am a
+                                     JOIN pg_depend d ON d.classid = 'pg_am'::regclass AND d.objid = a.oid
+                                          AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+                                     JOIN pg_extension e ON e.oid = d.refobjid
+                                     WHERE e.extname = 'torii' ORDER BY 1" >"$out/ext-ams.txt" 2>/dev/null || true
+    fi
     log "running $suite on $side ($( [ "$QUICK" = 1 ] && echo quick subset || echo full schedule ), ${#groups[@]} groups)"
     mark_log
     t0=$(date +%s)
@@ -380,10 +390,11 @@ run_phase() {   # run_phase <side> <suite>
         { [ -n "$ignores" ] && echo "$ignores"; echo "test: $group"; } >"$out/group.schedule"
         chown "$PGUSER_OS" "$out/group.schedule"
         rc=0
+        gt=$GROUP_TIMEOUT; [ "$left" -lt "$gt" ] && gt=$left
         # pg_regress runs as the OS user owning the cluster: results/ must be writable by the
         # server too (COPY ... TO files under --outputdir). In the background + wait, so that
         # INT/TERM reach our trap at once.
-        (cd "$out" && runuser_or_exec timeout -k 30 "$left" "$driver" \
+        (cd "$out" && runuser_or_exec timeout -k 30 "$gt" "$driver" \
             --use-existing --host="$SOCK" --port="$PORT" --dbname="$db" \
             --bindir="$TEST_BINDIR" --dlpath="$WORK/lib" \
             --inputdir="$indir" --outputdir="$out" \
@@ -394,9 +405,22 @@ run_phase() {   # run_phase <side> <suite>
         [ -f "$out/regression.diffs" ] && cat "$out/regression.diffs" >>"$out/all.diffs"
         rm -f "$out/regression.diffs"
         if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-            echo "TIMEOUT after ${PHASE_TIMEOUT}s, in group $n: $group" >>"$out/stderr.txt"
-            log "  $suite on $side TIMED OUT after ${PHASE_TIMEOUT}s (in group $n)"
-            break
+            # the group hung: its unfinished tests fail, its backends go, the phase goes on
+            echo >>"$out/stdout.txt"
+            local t
+            for t in $group; do
+                grep -qE "^(test +| +)$t +\.\.\. +(ok|FAILED|failed)" "$out/stdout.txt" \
+                    || echo "     $t ... FAILED (timed out after ${gt}s)" >>"$out/stdout.txt"
+            done
+            echo "HANG: group $n ($group) timed out after ${gt}s" >>"$out/stderr.txt"
+            log "  group $n ($group) timed out after ${gt}s"
+            stop_stuck_backends "$db" "$out"
+            if [ "$gt" -lt "$GROUP_TIMEOUT" ]; then
+                echo "TIMEOUT after ${PHASE_TIMEOUT}s, in group $n: $group" >>"$out/stderr.txt"
+                log "  $suite on $side TIMED OUT after ${PHASE_TIMEOUT}s (in group $n)"
+                break
+            fi
+            continue
         fi
         if [ "$rc" != 0 ]; then
             ensure_server || break
@@ -425,6 +449,24 @@ run_phase() {   # run_phase <side> <suite>
         log "  $(tail -n 1 "$out/am-census.txt")"
     fi
     clean_globals
+}
+
+# After a group timed out, its backends may still be running (or spinning) and holding locks.
+stop_stuck_backends() {   # stop_stuck_backends <db> <outdir>
+    local db=$1 out=$2 left_over _
+    psql_pg -d postgres -Atc "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                              WHERE datname = '$db' AND pid <> pg_backend_pid()" >/dev/null 2>&1 || true
+    for _ in $(seq 15); do
+        left_over=$(psql_pg -d postgres -Atc "SELECT count(*) FROM pg_stat_activity
+                                              WHERE datname = '$db' AND pid <> pg_backend_pid()" 2>/dev/null || echo "?")
+        [ "$left_over" = 0 ] && return 0
+        sleep 1
+    done
+    echo "UNKILLABLE: $left_over backend(s) in $db ignored pg_terminate_backend for 15s; server restarted" >>"$out/stderr.txt"
+    log "  $left_over backend(s) ignore pg_terminate_backend (a loop without CHECK_FOR_INTERRUPTS?); restarting the server"
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m immediate -w stop >/dev/null 2>&1 || true
+    start_server 300 >/dev/null 2>&1 || true
+    ensure_server || true
 }
 
 # After a crash the postmaster reinitializes by itself; wait for that, and if the server is gone
@@ -467,7 +509,10 @@ T_END=$(date +%s)
 report_args=(--work "$WORK" --am "$AM" --rules "$RULES" --baseline "$BASELINE" --known-crashes "$KNOWN_CRASHES"
              --sides "${SIDES[*]}" --suites "${SUITES[*]}")
 [ "$QUICK" = 1 ] && report_args+=(--quick)
-[ "$WRITE_BASELINE" = 1 ] && report_args+=(--write-baseline)
+if [ "$WRITE_BASELINE" = 1 ]; then
+    so=$($PG_CONFIG --pkglibdir)/torii.so
+    report_args+=(--write-baseline --baseline-note "$(date -u +%Y-%m-%dT%H:%MZ), PostgreSQL $SERVER_VERSION, torii.so sha256 $(sha256sum "$so" 2>/dev/null | cut -c1-16)")
+fi
 [ "$TORII_SKIPPED" = 1 ] && report_args+=(--torii-skipped)
 rc=0
 python3 "$HERE/report.py" "${report_args[@]}" || rc=$?

@@ -83,6 +83,32 @@ check('explain estimates',
 check('explain node type not hidden',
       not same('Seq Scan on t  (cost=0.00..35.50 rows=2550 width=4)\n', 'Index Scan on t  (cost=0.00..1.10 rows=10 width=4)\n'))
 
+# extension-created access methods, as run.sh records them
+EXT = report.load_rules(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'normalize.rules'), 'torii',
+                        [('16390', 'torii_btree'), ('16385', 'torii')])
+
+
+def same_ext(a, b, test):
+    return report.normalize(a, test, EXT) == report.normalize(b, test, EXT)
+
+
+qs = 'SELECT DISTINCT amopmethod, amopstrategy, oprname FROM pg_amop ORDER BY 1, 2, 3;'
+hs = ' amopmethod | amopstrategy | oprname '
+check('strategy listing: extension AM rows forgiven in opr_sanity',
+      same_ext(table(qs, hs, ['        403 |            1 | <']),
+               table(qs, hs, ['        403 |            1 | <', '      16390 |            1 | <']), 'opr_sanity'))
+hv = ' amopmethod | oid '
+check('other opr_sanity tables keep extension AM rows (violations stay visible)',
+      not same_ext(table('SELECT amopmethod, oid FROM bad;', hv, ['        403 | 1']),
+                   table('SELECT amopmethod, oid FROM bad;', hv, ['        403 | 1', '      16390 | 7']), 'opr_sanity'))
+ha = ' amname |     prop      | p '
+check('amutils: extension index AM rows forgiven',
+      same_ext(table('SELECT ... ORDER BY amname;', ha, [' btree  | can_order     | t']),
+               table('SELECT ... ORDER BY amname;', ha, [' btree  | can_order     | t', ' torii_btree | can_order | t']), 'amutils'))
+check('amutils: other AM rows not forgiven',
+      not same_ext(table('SELECT ... ORDER BY amname;', ha, [' btree  | can_order     | t']),
+                   table('SELECT ... ORDER BY amname;', ha, [' btree  | can_order     | f']), 'amutils'))
+
 bad = [n for n, ok in checks if not ok]
 for n, ok in checks:
     print(('ok   ' if ok else 'FAIL ') + n)
