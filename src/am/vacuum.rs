@@ -128,7 +128,7 @@ unsafe fn settle(
                     let h = RowHeader::read(row);
                     if h.undo.is_none()
                         || h.is_speculative()
-                        || writer_status(h.xid) != WriterStatus::Aborted
+                        || super::visibility::writer_status_in(rel, h.xid) != WriterStatus::Aborted
                     {
                         return;
                     }

@@ -119,7 +119,7 @@ impl Snap {
         loop {
             let cur: &[u8] = owned.as_deref().unwrap_or(row);
             let h = RowHeader::read(cur);
-            match change_effect(self.kind, h.xid, h.cid, 0, &self.oracle) {
+            match change_effect(self.kind, h.xid, h.cid, horizon_of(rel), &self.oracle) {
                 Effect::InEffect => {
                     if h.is_deleted() && self.kind != SnapshotKind::Any {
                         return Version::None;
@@ -221,7 +221,46 @@ pub enum WriterStatus {
 
 /// Status of writer `xid` now (not relative to a snapshot).
 pub fn writer_status(xid: u64) -> WriterStatus {
-    if xid == 0 {
+    writer_status_below(xid, 0)
+}
+
+/// [`writer_status`] for a row of `rel`: writers below the table's resolved horizon are
+/// committed without asking CLOG (which may no longer hold them).
+///
+/// # Safety
+/// `rel` must be an open torii table.
+pub unsafe fn writer_status_in(rel: pg_sys::Relation, xid: u64) -> WriterStatus {
+    writer_status_below(xid, horizon_of(rel))
+}
+
+thread_local! {
+    /// Resolved horizon per table (relfilenode), read once per transaction: it only grows,
+    /// so an older value is safe, just slower.
+    static HORIZONS: std::cell::RefCell<std::collections::HashMap<u32, (u32, u64)>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The table's resolved horizon, as of this transaction's first look.
+///
+/// # Safety
+/// `rel` must be an open torii table.
+pub unsafe fn horizon_of(rel: pg_sys::Relation) -> u64 {
+    let key: u32 = (*rel).rd_node.relNode.into();
+    let lxid = if pg_sys::MyProc.is_null() {
+        0
+    } else {
+        (*pg_sys::MyProc).lxid
+    };
+    if let Some(h) = HORIZONS.with(|m| m.borrow().get(&key).filter(|e| e.0 == lxid).map(|e| e.1)) {
+        return h;
+    }
+    let h = super::vacuum::horizon(rel);
+    HORIZONS.with(|m| m.borrow_mut().insert(key, (lxid, h)));
+    h
+}
+
+fn writer_status_below(xid: u64, horizon: u64) -> WriterStatus {
+    if xid == 0 || xid < horizon {
         return WriterStatus::Committed;
     }
     let x = xid32(xid);
@@ -248,7 +287,12 @@ pub fn xid_of(xid: u64) -> pg_sys::TransactionId {
 ///
 /// # Safety
 /// `snapshot` must be a live MVCC snapshot.
-pub unsafe fn mvcc_sees_change(snapshot: pg_sys::Snapshot, xid: u64, cid: u32) -> bool {
+pub unsafe fn mvcc_sees_change(
+    rel: pg_sys::Relation,
+    snapshot: pg_sys::Snapshot,
+    xid: u64,
+    cid: u32,
+) -> bool {
     let snap = Snap::new(snapshot);
-    change_effect(snap.kind, xid, cid, 0, &snap.oracle) != Effect::NotInEffect
+    change_effect(snap.kind, xid, cid, horizon_of(rel), &snap.oracle) != Effect::NotInEffect
 }

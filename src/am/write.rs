@@ -20,7 +20,7 @@
 //!   backend-local note of the locked version ([`LOCKED_VERSIONS`]) says so.
 
 use super::modify::{current_xid, form_stored_row, insert_row_bytes};
-use super::visibility::{mvcc_sees_change, writer_status, xid_of, Snap, Version, WriterStatus};
+use super::visibility::{mvcc_sees_change, writer_status_in, xid_of, Snap, Version, WriterStatus};
 use crate::storage::buffer::{Lock, LockedBuffer};
 use crate::storage::{pages, tid, tid_parts, undo, wal};
 use pgrx::pg_sys;
@@ -195,7 +195,7 @@ unsafe fn check_for_write(
             return Check::Fail(pg_sys::TM_Result::TM_Deleted);
         };
         let h = RowHeader::read(row);
-        match writer_status(h.xid) {
+        match writer_status_in(rel, h.xid) {
             WriterStatus::Aborted => {
                 if !roll_back_on_touch(rel, &b, off, &h) {
                     return Check::Fail(pg_sys::TM_Result::TM_Deleted);
@@ -238,9 +238,10 @@ unsafe fn check_for_write(
                     return Check::Fail(pg_sys::TM_Result::TM_Deleted);
                 }
                 let seen = (*snapshot).snapshot_type != pg_sys::SnapshotType::SNAPSHOT_MVCC
-                    || mvcc_sees_change(snapshot, h.xid, h.cid)
+                    || mvcc_sees_change(rel, snapshot, h.xid, h.cid)
                     || locked_version_is(rel, blk, off, h.xid);
-                let cross_ok = crosscheck.is_null() || mvcc_sees_change(crosscheck, h.xid, h.cid);
+                let cross_ok =
+                    crosscheck.is_null() || mvcc_sees_change(rel, crosscheck, h.xid, h.cid);
                 if !seen || !cross_ok {
                     fill_tmfd(tmfd, t, &h, false);
                     return Check::Fail(pg_sys::TM_Result::TM_Updated);
@@ -537,6 +538,13 @@ pub unsafe extern "C-unwind" fn tuple_update(
     } else {
         // Cold update: the new version goes elsewhere with new index entries; the old slot
         // keeps a forwarding TID in place of its data (the data is in undo).
+        // Row locks are tuple locks on the old TID and do not follow the row to its new one:
+        // wait until no other transaction holds one (stricter than heap, which carries
+        // KEY SHARE lockers over to the new version).
+        let Some(_all) = TupleLock::acquire(rel, t, pg_sys::AccessExclusiveLock as i32, wait)
+        else {
+            return pg_sys::TM_Result::TM_WouldBlock;
+        };
         let new_tid = insert_row_bytes(rel, &new_bytes);
         let (nb, no) = tid_parts(&new_tid);
         apply_change(rel, t, &old, UndoKind::Moved, xid, cid, |ptr| {
@@ -594,7 +602,7 @@ pub unsafe extern "C-unwind" fn tuple_lock(
             };
             let h = RowHeader::read(row);
             let mut head_is_version = true;
-            match writer_status(h.xid) {
+            match writer_status_in(rel, h.xid) {
                 WriterStatus::Aborted => {
                     if !roll_back_on_touch(rel, &b, off, &h) {
                         return pg_sys::TM_Result::TM_Deleted;
@@ -654,7 +662,7 @@ pub unsafe extern "C-unwind" fn tuple_lock(
                     // counts as seen: it is the caller's version now, no new traversal.
                     let seen = snapshot.is_null()
                         || (*snapshot).snapshot_type != pg_sys::SnapshotType::SNAPSHOT_MVCC
-                        || mvcc_sees_change(snapshot, h.xid, h.cid)
+                        || mvcc_sees_change(rel, snapshot, h.xid, h.cid)
                         || locked_version_is(rel, blk, off, h.xid);
                     if !seen {
                         if find_last {

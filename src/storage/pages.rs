@@ -182,14 +182,29 @@ pub fn nblocks(rel: pg_sys::Relation) -> u32 {
 /// `rel` must be open.
 pub unsafe fn free_or_new_page(rel: pg_sys::Relation) -> LockedBuffer {
     let nblocks = nblocks(rel);
-    let blk = pg_sys::GetPageWithFreeSpace(rel, SPECIAL_FREE_MIN);
-    if blk != pg_sys::InvalidBlockNumber && blk != 0 && blk < nblocks {
+    let mut blk = pg_sys::GetPageWithFreeSpace(rel, SPECIAL_FREE_MIN);
+    for _ in 0..8 {
+        if blk == pg_sys::InvalidBlockNumber || blk == 0 || blk >= nblocks {
+            break;
+        }
+        // What to tell the map about a page we cannot take: below an empty page's space so
+        // it stops offering it for undo (a data page keeps serving inserts), or none for a
+        // page that is not a data page.
+        let mut avail = SPECIAL_FREE_MIN - 1;
         if let Some(b) = LockedBuffer::try_exclusive(rel, blk) {
             let p = b.page();
             if page::kind(p) == Some(PageKind::Free) && page::verify(p).is_ok() || page::is_new(p) {
+                // Taken: the map must not offer it again.
+                pg_sys::RecordPageWithFreeSpace(rel, blk, 0);
                 return b;
             }
+            avail = if page::kind(p) == Some(PageKind::Data) {
+                page::free_space(p).min(SPECIAL_FREE_MIN - 1)
+            } else {
+                0
+            };
         }
+        blk = pg_sys::RecordAndGetPageWithFreeSpace(rel, blk, avail, SPECIAL_FREE_MIN);
     }
     extend(rel, std::ptr::null_mut())
 }

@@ -539,11 +539,26 @@ fn pgbench(ctx: &mut Ctx) -> Result<SideBySide> {
         Unit::Bytes,
     );
     if let Some((d0, d1)) = t.data_pages {
-        tab.add("accounts data pages before (torii)", None, Some(d0), Unit::Count);
-        tab.add("accounts data pages after (torii)", None, Some(d1), Unit::Count);
+        tab.add(
+            "accounts data pages before (torii)",
+            None,
+            Some(d0),
+            Unit::Count,
+        );
+        tab.add(
+            "accounts data pages after (torii)",
+            None,
+            Some(d1),
+            Unit::Count,
+        );
     }
     if let Some(u) = t.undo_pages {
-        tab.add("accounts undo pages after (torii)", None, Some(u), Unit::Count);
+        tab.add(
+            "accounts undo pages after (torii)",
+            None,
+            Some(u),
+            Unit::Count,
+        );
     }
     Ok(tab)
 }
@@ -683,9 +698,7 @@ fn vacuum_freeze(ctx: &mut Ctx) -> Result<SideBySide> {
             cl,
             &format!("SELECT age(relfrozenxid) FROM pg_class WHERE oid = '{t}'::regclass"),
         )?;
-        say(&format!(
-            "{dt:.2} s (relfrozenxid age afterwards {age})\n"
-        ));
+        say(&format!("{dt:.2} s (relfrozenxid age afterwards {age})\n"));
         res.push([
             dt,
             (b1[0] - b0[0]) as f64,

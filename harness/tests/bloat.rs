@@ -1,0 +1,348 @@
+//! Table size under updates and deletes (autovacuum off): torii updates rows in place and
+//! recycles its undo, so its data pages must not grow the way a heap table does.
+//!
+//! * `in_place_updates_do_not_grow_data_pages`: 100,000 rows, 20 rounds of
+//!   `UPDATE t SET counter = counter + 1` (no indexed column): torii's data pages
+//!   (`torii.stats(t).data_pages`) stay within 1.1x of the initial data pages. Heap's growth and
+//!   torii's undo pages are printed beside it.
+//! * `batched_updates_and_deletes_stay_within_bounds` (issue 4): `TORII_BLOAT_ROWS` rows (default
+//!   200,000; the issue's figure is 1,000,000), 10 rounds of: update every row in batches of
+//!   10,000 rows per transaction, delete half of the rows, `torii.vacuum`, insert them again,
+//!   `torii.vacuum`. `pg_relation_size` stays within 1.2x of the freshly loaded size. Then, after
+//!   a VACUUM, inserting as many rows as were deleted does not grow the file.
+//! * `undo_held_by_old_snapshot_is_discarded_after`: a REPEATABLE READ transaction held open
+//!   during 100,000 single-row update transactions makes undo grow (its snapshot still reads the
+//!   old values); once it ends, `torii.vacuum` brings `undo_bytes` under 1% of the peak.
+//!
+//! Run with `-- --nocapture` to see the figures.
+
+use std::time::Instant;
+
+use postgres::Client;
+use torii_harness::report::thousands;
+use torii_harness::testing::{
+    am, assert_verify_clean, cluster_with_db_conf, is_torii, torii_stats, vacuum_table,
+};
+use torii_harness::{sql, Result};
+
+const CONF: &[&str] = &["autovacuum = off", "synchronous_commit = off"];
+
+fn pages(bytes: i64) -> i64 {
+    bytes / 8192
+}
+
+fn create(cl: &mut Client, table: &str, am: &str, rows: i64) -> Result<()> {
+    cl.batch_execute(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, counter int NOT NULL, payload text) USING {am}; \
+         INSERT INTO {table} SELECT g, 0, md5(g::text) FROM generate_series(1, {rows}) g"
+    ))?;
+    Ok(())
+}
+
+#[test]
+fn in_place_updates_do_not_grow_data_pages() -> Result<()> {
+    const ROWS: i64 = 100_000;
+    const ROUNDS: i64 = 20;
+    let (c, mut cl) = cluster_with_db_conf("bloat-inplace", CONF)?;
+    create(&mut cl, "t", &am(), ROWS)?;
+    create(&mut cl, "h", "heap", ROWS)?;
+    let heap0 = sql::relation_size(&mut cl, "h")?;
+    let data0 = if is_torii() {
+        torii_stats(&mut cl, "t")?.data_pages
+    } else {
+        pages(sql::relation_size(&mut cl, "t")?)
+    };
+    println!(
+        "{ROWS} rows: heap {} pages, {} {data0} data pages",
+        pages(heap0),
+        am()
+    );
+    println!(
+        "round  heap pages  {} data pages  undo pages  size pages",
+        am()
+    );
+    let mut max_data = data0;
+    for round in 1..=ROUNDS {
+        let t0 = Instant::now();
+        cl.batch_execute("UPDATE t SET counter = counter + 1")?;
+        let dt = t0.elapsed();
+        cl.batch_execute("UPDATE h SET counter = counter + 1")?;
+        let heap = pages(sql::relation_size(&mut cl, "h")?);
+        let size = pages(sql::relation_size(&mut cl, "t")?);
+        let (data, undo) = if is_torii() {
+            let st = torii_stats(&mut cl, "t")?;
+            (st.data_pages, st.undo_pages)
+        } else {
+            (size, 0)
+        };
+        max_data = max_data.max(data);
+        println!(
+            "{round:>5}  {heap:>10}  {data:>16}  {undo:>10}  {size:>10}   ({:.2} s)",
+            dt.as_secs_f64()
+        );
+        if is_torii() {
+            assert!(
+                data as f64 <= 1.1 * data0 as f64,
+                "round {round}: {data} data pages, more than 1.1 x the initial {data0}"
+            );
+        }
+    }
+    assert_eq!(
+        sql::result_text(
+            &mut cl,
+            "SELECT count(*), sum(counter), min(counter) FROM t"
+        )?,
+        format!("{ROWS}|{}|{ROUNDS}", ROWS * ROUNDS)
+    );
+    println!(
+        "heap grew from {} to {} pages ({:.1}x); {} data pages at most {max_data} ({:.2}x)",
+        pages(heap0),
+        pages(sql::relation_size(&mut cl, "h")?),
+        sql::relation_size(&mut cl, "h")? as f64 / heap0 as f64,
+        am(),
+        max_data as f64 / data0 as f64
+    );
+    assert_verify_clean(&mut cl, "t")?;
+    c.assert_no_crash()
+}
+
+fn bloat_rows() -> i64 {
+    std::env::var("TORII_BLOAT_ROWS")
+        .ok()
+        .and_then(|v| v.replace(['_', ','], "").parse().ok())
+        .unwrap_or(200_000)
+}
+
+/// Run `stmt` (with `{lo}` and `{hi}`) once per batch of 10,000 ids in `1..=rows`, one
+/// transaction each.
+fn batched(cl: &mut Client, rows: i64, stmt: &str) -> Result<()> {
+    const BATCH: i64 = 10_000;
+    let mut lo = 1;
+    while lo <= rows {
+        let hi = (lo + BATCH - 1).min(rows);
+        cl.batch_execute(
+            &stmt
+                .replace("{lo}", &lo.to_string())
+                .replace("{hi}", &hi.to_string()),
+        )?;
+        lo = hi + 1;
+    }
+    Ok(())
+}
+
+#[test]
+fn batched_updates_and_deletes_stay_within_bounds() -> Result<()> {
+    const ROUNDS: i64 = 10;
+    let rows = bloat_rows();
+    let (c, mut cl) = cluster_with_db_conf("bloat-issue4", CONF)?;
+    let mut tables = vec![("t".to_string(), am())];
+    if std::env::var("TORII_BLOAT_HEAP")
+        .map(|v| v == "1")
+        .unwrap_or(false)
+    {
+        tables.push(("h".to_string(), "heap".to_string()));
+    }
+    for (t, a) in &tables {
+        create(&mut cl, t, a, rows)?;
+    }
+    let fresh = sql::relation_size(&mut cl, "t")?;
+    println!(
+        "{} rows, {} freshly loaded: {} pages (TORII_BLOAT_HEAP=1 adds a heap table)",
+        thousands(rows as u64),
+        am(),
+        pages(fresh)
+    );
+    println!("round  size pages  ratio   data  undo  free   seconds");
+    let mut worst = 1.0f64;
+    for round in 1..=ROUNDS {
+        for (t, _) in &tables {
+            let t0 = Instant::now();
+            batched(
+                &mut cl,
+                rows,
+                &format!("UPDATE {t} SET counter = counter + 1 WHERE id BETWEEN {{lo}} AND {{hi}}"),
+            )?;
+            batched(
+                &mut cl,
+                rows,
+                &format!(
+                    "DELETE FROM {t} WHERE id BETWEEN {{lo}} AND {{hi}} AND id % 2 = {}",
+                    round % 2
+                ),
+            )?;
+            vacuum_table(&mut cl, t)?;
+            batched(
+                &mut cl,
+                rows,
+                &format!(
+                    "INSERT INTO {t} SELECT g, {round}, md5(g::text) FROM generate_series({{lo}}, {{hi}}) g \
+                     WHERE g % 2 = {}",
+                    round % 2
+                ),
+            )?;
+            vacuum_table(&mut cl, t)?;
+            let dt = t0.elapsed();
+            let size = sql::relation_size(&mut cl, t)?;
+            let ratio = size as f64 / fresh as f64;
+            if t == "t" {
+                worst = worst.max(ratio);
+                let (d, u, f) = if is_torii() {
+                    let st = torii_stats(&mut cl, t)?;
+                    (st.data_pages, st.undo_pages, st.free_pages)
+                } else {
+                    (0, 0, 0)
+                };
+                println!(
+                    "{round:>5}  {:>10}  {ratio:>5.2}  {d:>5} {u:>5} {f:>5}   {:.1}",
+                    pages(size),
+                    dt.as_secs_f64()
+                );
+            } else {
+                println!(
+                    "       heap: {:>6} pages  {ratio:>5.2}   {:.1}",
+                    pages(size),
+                    dt.as_secs_f64()
+                );
+            }
+        }
+        assert_eq!(
+            sql::scalar::<i64>(&mut cl, "SELECT count(*) FROM t")?,
+            rows,
+            "round {round}"
+        );
+    }
+    // Checked after all rounds, so that the printed figures show the whole trend.
+    if is_torii() {
+        assert!(
+            worst <= 1.2,
+            "the table grew to {worst:.2} x its freshly loaded size ({} pages), more than 1.2 x",
+            pages(fresh)
+        );
+    }
+    // In round r every row is updated (+1), then half of them are deleted and inserted again
+    // with counter = r: all rows hold r after round r.
+    assert_eq!(
+        sql::result_text(
+            &mut cl,
+            "SELECT count(*), min(counter), max(counter) FROM t"
+        )?,
+        format!("{rows}|{ROUNDS}|{ROUNDS}")
+    );
+
+    // After VACUUM, rows inserted in place of deleted ones reuse their space.
+    cl.batch_execute("DELETE FROM t WHERE id % 2 = 0")?;
+    cl.batch_execute("VACUUM t")?;
+    let before = sql::relation_size(&mut cl, "t")?;
+    batched(
+        &mut cl,
+        rows,
+        "INSERT INTO t SELECT g, 0, md5(g::text) FROM generate_series({lo}, {hi}) g WHERE g % 2 = 0",
+    )?;
+    let after = sql::relation_size(&mut cl, "t")?;
+    println!(
+        "delete half, VACUUM: {} pages; insert as many rows: {} pages; worst ratio {worst:.2}",
+        pages(before),
+        pages(after)
+    );
+    assert!(
+        after <= before,
+        "inserting the deleted rows again after VACUUM grew the table from {} to {} pages",
+        pages(before),
+        pages(after)
+    );
+    assert_eq!(sql::scalar::<i64>(&mut cl, "SELECT count(*) FROM t")?, rows);
+    assert_verify_clean(&mut cl, "t")?;
+    c.assert_no_crash()
+}
+
+#[test]
+fn undo_held_by_old_snapshot_is_discarded_after() -> Result<()> {
+    const ROWS: i64 = 10_000;
+    const UPDATES: i64 = 100_000;
+    let (c, mut cl) = cluster_with_db_conf("bloat-undo", CONF)?;
+    create(&mut cl, "t", &am(), ROWS)?;
+    let size0 = sql::relation_size(&mut cl, "t")?;
+    let mut rr = c.connect(torii_harness::testing::DB)?;
+    rr.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")?;
+    assert_eq!(
+        sql::scalar::<i64>(&mut rr, "SELECT sum(counter) FROM t")?,
+        0
+    );
+
+    // 100,000 transactions of one single-row UPDATE each, 200 per round trip.
+    let t0 = Instant::now();
+    let mut batch = String::new();
+    for i in 0..UPDATES {
+        let id = (i * 7919) % ROWS + 1;
+        batch.push_str(&format!(
+            "BEGIN; UPDATE t SET counter = counter + 1 WHERE id = {id}; COMMIT; "
+        ));
+        if (i + 1) % 200 == 0 {
+            cl.batch_execute(&batch)?;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        cl.batch_execute(&batch)?;
+    }
+    let dt = t0.elapsed();
+    // The old snapshot still sees the old values.
+    assert_eq!(
+        sql::scalar::<i64>(&mut rr, "SELECT sum(counter) FROM t")?,
+        0
+    );
+    assert_eq!(
+        sql::scalar::<i64>(&mut cl, "SELECT sum(counter) FROM t")?,
+        UPDATES
+    );
+    let peak_size = sql::relation_size(&mut cl, "t")?;
+    println!(
+        "{UPDATES} update transactions in {:.1} s with a snapshot held: size {} -> {} pages",
+        dt.as_secs_f64(),
+        pages(size0),
+        pages(peak_size)
+    );
+    if !is_torii() {
+        rr.batch_execute("COMMIT")?;
+        return c.assert_no_crash();
+    }
+    let peak = torii_stats(&mut cl, "t")?;
+    println!("with the snapshot: {peak:?}");
+    assert!(
+        peak.undo_records >= UPDATES,
+        "every update's undo record is needed by the open snapshot: {peak:?}"
+    );
+    rr.batch_execute("COMMIT")?;
+    drop(rr);
+    let v = torii_harness::testing::torii_vacuum(&mut cl, "t")?;
+    let after = torii_stats(&mut cl, "t")?;
+    println!("torii.vacuum: {v:?}\nafter: {after:?}");
+    assert!(
+        (after.undo_bytes as f64) < 0.01 * peak.undo_bytes as f64,
+        "undo_bytes {} after torii.vacuum, not under 1% of the peak {}",
+        after.undo_bytes,
+        peak.undo_bytes
+    );
+    // The freed undo pages are reused: as many updates again do not grow the file.
+    let mut batch = String::new();
+    for i in 0..UPDATES / 10 {
+        let id = (i * 7919) % ROWS + 1;
+        batch.push_str(&format!(
+            "BEGIN; UPDATE t SET counter = counter + 1 WHERE id = {id}; COMMIT; "
+        ));
+        if (i + 1) % 200 == 0 {
+            cl.batch_execute(&batch)?;
+            batch.clear();
+        }
+    }
+    let size_again = sql::relation_size(&mut cl, "t")?;
+    println!("{} more updates: {} pages", UPDATES / 10, pages(size_again));
+    assert!(
+        size_again <= peak_size,
+        "updates after the discard grew the file from {} to {} pages",
+        pages(peak_size),
+        pages(size_again)
+    );
+    assert_verify_clean(&mut cl, "t")?;
+    c.assert_no_crash()
+}
