@@ -312,12 +312,22 @@ pub fn edit_pages(rel: pg_sys::Relation, bufs: &[&LockedBuffer], f: impl FnOnce(
 /// Marks row `off` dead (a speculative insertion that lost, an aborted insert): no snapshot
 /// sees it any more, and its line pointer stays until the indexes forget it.
 pub fn kill_row(rel: pg_sys::Relation, data: &LockedBuffer, off: u16) {
-    // SAFETY: rel is open; data is exclusively locked.
+    // The metapage counts the dead pointer (VACUUM then removes its index entries); it is
+    // locked after the data page, as the lock order says, and changed in the same record.
+    // SAFETY: rel is open with a metapage (the row exists); data is exclusively locked.
+    let (meta, _) =
+        unsafe { super::pages::read_verified(rel, 0, Lock::Exclusive, std::ptr::null_mut()) };
+    // SAFETY: rel is open; both buffers are exclusively locked.
     let mut e = unsafe { PageEdit::start(rel) };
     let di = e.register(data, false);
+    let mi = e.register(&meta, false);
     let img = e.page(di);
     let mut lp = page::line_pointer(img, off as usize);
     lp.flags = page::LP_DEAD;
     page::set_line_pointer(img, off as usize, lp);
+    let mp = e.page(mi);
+    let mut m = Meta::read(mp);
+    m.pending_dead += 1;
+    m.write(mp);
     e.finish();
 }
