@@ -233,6 +233,9 @@ pub unsafe fn writer_status_in(rel: pg_sys::Relation, xid: u64) -> WriterStatus 
     writer_status_below(xid, horizon_of(rel))
 }
 
+/// Whether readers and writers trust the resolved horizon (see [`horizon_of`]).
+const HORIZON_SHORTCUT: bool = false;
+
 thread_local! {
     /// Resolved horizon per table (relfilenode), read once per transaction: it only grows,
     /// so an older value is safe, just slower.
@@ -245,6 +248,12 @@ thread_local! {
 /// # Safety
 /// `rel` must be an open torii table.
 pub unsafe fn horizon_of(rel: pg_sys::Relation) -> u64 {
+    // Disabled: with it, the crash/consistency tests saw rows of unresolved changes taken as
+    // committed (the horizon computation misses some case). Until that is found, every writer
+    // is asked of CLOG, and relfrozenxid (not this shortcut) keeps CLOG alive.
+    if !HORIZON_SHORTCUT {
+        return 0;
+    }
     let key: u32 = (*rel).rd_node.relNode.into();
     let lxid = if pg_sys::MyProc.is_null() {
         0
