@@ -546,6 +546,13 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
     // relfrozenxid: every xid below the horizon is resolved in this table, so CLOG below it
     // may go. Never move it backwards, nor past what PostgreSQL allows.
     let h = horizon(rel);
+    // While readers still ask CLOG for every writer (the horizon shortcut is disabled, see
+    // visibility::horizon_of), relfrozenxid must not move: CLOG below it may be truncated.
+    let h = if super::visibility::horizon_of(rel) == 0 {
+        0
+    } else {
+        h
+    };
     let frozen = if h == 0 {
         pg_sys::InvalidTransactionId
     } else {
