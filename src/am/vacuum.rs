@@ -371,15 +371,7 @@ unsafe fn clean_dead_pointers(
             &mut irel,
         );
         for i in 0..nindexes as usize {
-            let mut info = pg_sys::IndexVacuumInfo {
-                index: *irel.add(i),
-                analyze_only: false,
-                report_progress: false,
-                estimated_count: true,
-                message_level: pg_sys::DEBUG2 as i32,
-                num_heap_tuples: (*(*rel).rd_rel).reltuples as f64,
-                strategy: bstrategy,
-            };
+            let mut info = vacuum_info(rel, *irel.add(i), bstrategy);
             let stats = pg_sys::index_bulk_delete(
                 &mut info,
                 std::ptr::null_mut(),
@@ -452,6 +444,26 @@ pub unsafe fn vacuum(
     st
 }
 
+/// What index AMs are told about a VACUUM of `rel` (row count estimated, quiet).
+///
+/// # Safety
+/// `rel` and `index` must be open.
+unsafe fn vacuum_info(
+    rel: pg_sys::Relation,
+    index: pg_sys::Relation,
+    bstrategy: pg_sys::BufferAccessStrategy,
+) -> pg_sys::IndexVacuumInfo {
+    pg_sys::IndexVacuumInfo {
+        index,
+        analyze_only: false,
+        report_progress: false,
+        estimated_count: true,
+        message_level: pg_sys::DEBUG2 as i32,
+        num_heap_tuples: (*(*rel).rd_rel).reltuples as f64,
+        strategy: bstrategy,
+    }
+}
+
 /// Runs every index's `amvacuumcleanup` (GIN flushes its pending list there, BRIN summarizes
 /// new ranges), as heap's VACUUM does even when no entries were removed.
 unsafe fn cleanup_indexes(rel: pg_sys::Relation, bstrategy: pg_sys::BufferAccessStrategy) {
@@ -467,15 +479,7 @@ unsafe fn cleanup_indexes(rel: pg_sys::Relation, bstrategy: pg_sys::BufferAccess
         &mut irel,
     );
     for i in 0..nindexes as usize {
-        let mut info = pg_sys::IndexVacuumInfo {
-            index: *irel.add(i),
-            analyze_only: false,
-            report_progress: false,
-            estimated_count: true,
-            message_level: pg_sys::DEBUG2 as i32,
-            num_heap_tuples: (*(*rel).rd_rel).reltuples as f64,
-            strategy: bstrategy,
-        };
+        let mut info = vacuum_info(rel, *irel.add(i), bstrategy);
         let stats = pg_sys::index_vacuum_cleanup(&mut info, std::ptr::null_mut());
         if !stats.is_null() {
             pg_sys::pfree(stats as *mut _);
