@@ -41,10 +41,7 @@ pub struct VacuumStats {
 
 /// The oldest xid any snapshot may still need, as a full xid.
 unsafe fn oldest_needed(rel: pg_sys::Relation) -> u64 {
-    let oldest = pg_sys::GetOldestNonRemovableTransactionId(rel).into_inner();
-    let next = pg_sys::ReadNextFullTransactionId().value;
-    let next32 = next as u32;
-    next - (next32.wrapping_sub(oldest) as u64)
+    super::visibility::full_xid(pg_sys::GetOldestNonRemovableTransactionId(rel))
 }
 
 /// Copies the metapage fields.
@@ -97,19 +94,7 @@ unsafe fn settle(
                 return;
             }
             st.rows_rolled_back += victims.len() as i64;
-            *meta_dead += victims.len() as u64;
-            wal::edit_page(rel, &b, |img| {
-                for &o in &victims {
-                    let mut lp = page::line_pointer(img, o as usize);
-                    st.bytes_reclaimed += lp.len as i64;
-                    lp.flags = LP_DEAD;
-                    lp.off = 0;
-                    lp.len = 0;
-                    page::set_line_pointer(img, o as usize, lp);
-                }
-                repair_fragmentation(img);
-            });
-            pages::record_free(rel, r.tid_blk, b.page());
+            kill_slots(rel, &b, &victims, st, meta_dead);
         }
         UndoKind::Update | UndoKind::Delete | UndoKind::Moved => {
             let (b, valid) =
@@ -126,10 +111,14 @@ unsafe fn settle(
                         return;
                     };
                     let h = RowHeader::read(row);
-                    if h.undo.is_none()
-                        || h.is_speculative()
-                        || super::visibility::writer_status_in(rel, h.xid) != WriterStatus::Aborted
-                    {
+                    if super::visibility::writer_status_in(rel, h.xid) != WriterStatus::Aborted {
+                        return;
+                    }
+                    if h.undo.is_none() || h.is_speculative() {
+                        // Back to a row the aborted transaction inserted (and then changed):
+                        // its insert note may be gone already, so the row goes now. Left
+                        // behind, it would outlive the undo that says its writer aborted.
+                        kill_slots(rel, &b, &[r.tid_off], st, meta_dead);
                         return;
                     }
                     let rec = crate::storage::undo::read_record(rel, h.undo);
@@ -152,21 +141,34 @@ unsafe fn settle(
             }
             if h.is_deleted() {
                 st.rows_reclaimed += 1;
-                *meta_dead += 1;
-                let off = r.tid_off as usize;
-                wal::edit_page(rel, &b, |img| {
-                    let mut lp = page::line_pointer(img, off);
-                    st.bytes_reclaimed += lp.len as i64;
-                    lp.flags = LP_DEAD;
-                    lp.off = 0;
-                    lp.len = 0;
-                    page::set_line_pointer(img, off, lp);
-                    repair_fragmentation(img);
-                });
-                pages::record_free(rel, r.tid_blk, b.page());
+                kill_slots(rel, &b, &[r.tid_off], st, meta_dead);
             }
         }
     }
+}
+
+/// Frees the storage of rows of a locked data page whose index entries may still point at
+/// them (LP_DEAD until VACUUM removed those entries; counted for the metapage).
+unsafe fn kill_slots(
+    rel: pg_sys::Relation,
+    b: &LockedBuffer,
+    offs: &[u16],
+    st: &mut VacuumStats,
+    meta_dead: &mut u64,
+) {
+    *meta_dead += offs.len() as u64;
+    wal::edit_page(rel, b, |img| {
+        for &o in offs {
+            let mut lp = page::line_pointer(img, o as usize);
+            st.bytes_reclaimed += lp.len as i64;
+            lp.flags = LP_DEAD;
+            lp.off = 0;
+            lp.len = 0;
+            page::set_line_pointer(img, o as usize, lp);
+        }
+        repair_fragmentation(img);
+    });
+    pages::record_free(rel, b.block(), b.page());
 }
 
 /// Compacts a page image after items lost their storage.
@@ -552,10 +554,10 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
     let h = horizon(rel);
     // While readers still ask CLOG for every writer (the horizon shortcut is disabled, see
     // visibility::horizon_of), relfrozenxid must not move: CLOG below it may be truncated.
-    let h = if super::visibility::horizon_of(rel) == 0 {
-        0
-    } else {
+    let h = if super::visibility::HORIZON_SHORTCUT {
         h
+    } else {
+        0
     };
     let frozen = if h == 0 {
         pg_sys::InvalidTransactionId
