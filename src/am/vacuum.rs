@@ -186,6 +186,74 @@ pub unsafe fn discard(rel: pg_sys::Relation, st: &mut VacuumStats) {
     advance_horizon(rel, st);
 }
 
+/// `torii.undo_warn_size` (kB): retained undo of one table above which discard logs a warning.
+pub static UNDO_WARN_SIZE: pgrx::guc::GucSetting<i32> =
+    pgrx::guc::GucSetting::<i32>::new(1024 * 1024);
+
+/// Defines this module's settings. Called once from `_PG_init`.
+pub fn init_gucs() {
+    pgrx::guc::GucRegistry::define_int_guc(
+        c"torii.undo_warn_size",
+        c"Undo a torii table may retain before discard warns in the server log.",
+        c"Undo is retained while a snapshot or transaction older than it runs; -1 disables the warning.",
+        &UNDO_WARN_SIZE,
+        -1,
+        i32::MAX,
+        pgrx::guc::GucContext::Userset,
+        pgrx::guc::GucFlags::UNIT_KB,
+    );
+}
+
+/// Seconds between two retained-undo warnings of one backend.
+const WARN_EVERY_SECS: u64 = 60;
+
+thread_local! {
+    static LAST_WARNING: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Discard stopped at a record of `xid` that must stay: warn (at most once a minute per
+/// backend) when the table's retained undo exceeds `torii.undo_warn_size`.
+unsafe fn warn_if_undo_retained(rel: pg_sys::Relation, xid: u64) {
+    let limit = UNDO_WARN_SIZE.get();
+    if limit < 0 {
+        return;
+    }
+    let m = read_meta(rel);
+    // Whole undo pages linked minus those freed: the undo the table holds now.
+    let retained = m.undo_appended.saturating_sub(m.undo_discarded);
+    if retained <= limit as u64 * 1024 {
+        return;
+    }
+    let due = LAST_WARNING.with(|l| {
+        let now = std::time::Instant::now();
+        let due = l
+            .get()
+            .is_none_or(|t| now.duration_since(t).as_secs() >= WARN_EVERY_SECS);
+        if due {
+            l.set(Some(now));
+        }
+        due
+    });
+    if !due {
+        return;
+    }
+    ereport!(
+        PgLogLevel::WARNING,
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!(
+            "torii: table \"{}\" retains {} kB of undo, above torii.undo_warn_size ({} kB)",
+            crate::storage::rel_name(rel),
+            retained / 1024,
+            limit
+        ),
+        format!(
+            "The oldest undo that must stay was written by transaction {xid}; undo is kept while \
+             a transaction or snapshot older than it runs."
+        )
+    );
+}
+
 /// Undo-producing writes per backend and table between two opportunistic discards.
 const DISCARD_EVERY: u32 = 256;
 
@@ -252,6 +320,7 @@ unsafe fn discard_pages(rel: pg_sys::Relation, st: &mut VacuumStats) {
             let status = writer_status(r.xid);
             if r.xid >= oldest || matches!(status, WriterStatus::InProgress | WriterStatus::Current)
             {
+                warn_if_undo_retained(rel, r.xid);
                 break 'pages;
             }
             settle(rel, UndoPtr { blk: head, off }, &r, st, &mut dead_added);
@@ -273,7 +342,7 @@ unsafe fn discard_pages(rel: pg_sys::Relation, st: &mut VacuumStats) {
         if next == NO_BLOCK {
             m.undo_tail = NO_BLOCK;
         }
-        m.undo_discarded += bytes as u64;
+        m.undo_discarded += page::BLCKSZ as u64;
         m.pending_dead += dead_added;
         dead_added = 0;
         wal::edit_pages(rel, &[&hb, &mb], |imgs| {
