@@ -181,7 +181,10 @@ thread_local! {
 
 /// Forgets the blocks noted for `rel`: a truncation in place (of a table created in this
 /// transaction) empties the file and its undo, so the next rows in those blocks need notes anew.
-pub fn forget_noted(rel: pg_sys::Relation) {
+///
+/// # Safety
+/// `rel` must be an open relation.
+pub unsafe fn forget_noted(rel: pg_sys::Relation) {
     // SAFETY: reading the relation's file number from a live relcache entry.
     let node: u32 = unsafe { (*rel).rd_node.relNode.into() };
     NOTED.with(|n| n.borrow_mut().1.retain(|k| k.0 != node));

@@ -153,7 +153,10 @@ impl ToriiScan {
     }
 
     /// Points the scan's HeapTupleData at visible version `i` and stores it in `slot`.
-    pub fn store(&mut self, i: usize, slot: *mut pg_sys::TupleTableSlot) {
+    ///
+    /// # Safety
+    /// `slot` must be a valid heap tuple slot.
+    pub unsafe fn store(&mut self, i: usize, slot: *mut pg_sys::TupleTableSlot) {
         let (off, ptr, len) = (self.vis[i], self.vis_ptr[i], self.vis_len[i] as usize);
         self.tuple.t_len = len as u32;
         self.tuple.t_self = tid(self.cur_block, off);

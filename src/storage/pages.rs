@@ -96,7 +96,10 @@ pub fn remember_written(rel: pg_sys::Relation, buf: pg_sys::Buffer, blk: u32) {
 
 /// Checks a page image, raising XX001 when it is damaged. Returns false for a new (all-zero)
 /// page, which holds nothing.
-pub fn check(rel: pg_sys::Relation, blk: u32, p: &[u8]) -> bool {
+///
+/// # Safety
+/// `rel` must be an open relation.
+pub unsafe fn check(rel: pg_sys::Relation, blk: u32, p: &[u8]) -> bool {
     if page::is_new(p) {
         return false;
     }
@@ -109,7 +112,10 @@ pub fn check(rel: pg_sys::Relation, blk: u32, p: &[u8]) -> bool {
 
 /// Checks a locked page, raising XX001 when it is damaged. Returns false for a new (all-zero)
 /// page, which holds nothing.
-pub fn check_locked(rel: pg_sys::Relation, b: &LockedBuffer) -> bool {
+///
+/// # Safety
+/// `rel` must be an open relation and `b` a buffer of it.
+pub unsafe fn check_locked(rel: pg_sys::Relation, b: &LockedBuffer) -> bool {
     let p = b.page();
     if known_good(rel, b, p) {
         return true;
@@ -170,7 +176,10 @@ pub unsafe fn copy_page(
 }
 
 /// Number of blocks of the main fork.
-pub fn nblocks(rel: pg_sys::Relation) -> u32 {
+///
+/// # Safety
+/// `rel` must be an open relation.
+pub unsafe fn nblocks(rel: pg_sys::Relation) -> u32 {
     // SAFETY: rel is open.
     unsafe { pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) }
 }
@@ -360,7 +369,10 @@ pub unsafe fn find_room(
 }
 
 /// Tells the free space map what is left on a page we filled.
-pub fn record_free(rel: pg_sys::Relation, blk: u32, p: &[u8]) {
+///
+/// # Safety
+/// `rel` must be an open relation and `blk` one of its blocks.
+pub unsafe fn record_free(rel: pg_sys::Relation, blk: u32, p: &[u8]) {
     // SAFETY: rel is open.
     unsafe { pg_sys::RecordPageWithFreeSpace(rel, blk, page::free_space(p)) }
 }
