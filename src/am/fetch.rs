@@ -60,6 +60,9 @@ unsafe fn fetch_into(
 }
 
 /// Stores a palloc'd copy of `row` in `slot` (freed with the slot's contents).
+///
+/// # Safety
+/// `rel` must be an open relation and `slot` a valid heap tuple slot.
 pub unsafe fn store_copy(
     rel: pg_sys::Relation,
     row: &[u8],

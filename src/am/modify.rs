@@ -34,6 +34,10 @@ unsafe fn prepare_row(
 
 /// The bytes to store for heap tuple `tup` in `rel`: TOASTed like heap does (into `rel`'s
 /// TOAST table) and stamped with the version header.
+///
+/// # Safety
+/// `rel` must be an open relation, `tup` a valid heap tuple for it and `old` null or a valid
+/// heap tuple.
 pub unsafe fn form_stored_row(
     rel: pg_sys::Relation,
     tup: pg_sys::HeapTuple,
@@ -142,6 +146,10 @@ unsafe fn place_rows(
 
 /// Inserts one slot; a speculative insertion (ON CONFLICT) marks the row with its token
 /// until `tuple_complete_speculative`.
+///
+/// # Safety
+/// `rel` must be open with at least RowExclusiveLock, `slot` a valid slot holding a row of it,
+/// and `bistate` null or a live bulk insert state.
 pub unsafe fn insert_slot(
     rel: pg_sys::Relation,
     slot: *mut pg_sys::TupleTableSlot,
@@ -167,6 +175,10 @@ pub unsafe fn insert_slot(
 }
 
 /// Places already formed row bytes (the new version of a cold update) and returns its TID.
+///
+/// # Safety
+/// `rel` must be open with at least RowExclusiveLock and `bytes` a row formed for it by
+/// [`form_stored_row`].
 pub unsafe fn insert_row_bytes(rel: pg_sys::Relation, bytes: &[u8]) -> pg_sys::ItemPointerData {
     let target = pages::find_room(rel, bytes.len(), std::ptr::null_mut());
     let offs = add_noted(rel, &target, &[bytes]);

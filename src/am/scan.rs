@@ -177,6 +177,9 @@ unsafe fn count_scan(rel: pg_sys::Relation) {
 }
 
 /// `pgstat_should_count_relation`.
+///
+/// # Safety
+/// `rel` must be an open relation.
 pub unsafe fn should_count(rel: pg_sys::Relation) -> bool {
     if !(*rel).pgstat_info.is_null() {
         return true;
