@@ -185,9 +185,12 @@ pub unsafe fn insert_row_bytes(rel: pg_sys::Relation, bytes: &[u8]) -> pg_sys::I
     tid(target.buf.block(), offs[0])
 }
 
+/// The top-level xid the set belongs to, and the blocks it noted: (relfilenode, block, writer xid).
+type NotedBlocks = (u64, std::collections::HashSet<(u32, u32, u64)>);
+
 thread_local! {
     /// Blocks this transaction already noted in undo: (relfilenode, block, writer xid).
-    static NOTED: std::cell::RefCell<(u64, std::collections::HashSet<(u32, u32, u64)>)> =
+    static NOTED: std::cell::RefCell<NotedBlocks> =
         std::cell::RefCell::new((0, std::collections::HashSet::new()));
 }
 

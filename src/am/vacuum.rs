@@ -86,7 +86,7 @@ unsafe fn settle(
                 .filter(|&o| {
                     row_at(p, o).is_some_and(|row| {
                         let h = RowHeader::read(row);
-                        h.xid == r.xid && h.undo.is_none() || h.xid == r.xid && h.is_speculative()
+                        h.xid == r.xid && (h.undo.is_none() || h.is_speculative())
                     })
                 })
                 .collect();
