@@ -652,6 +652,11 @@ pub unsafe extern "C-unwind" fn scan_analyze_next_tuple(
         scan.sample_off += 1;
         let off = scan.sample_off;
         if scan.row(off).is_none() {
+            // Like heap: a dead pointer (a row removed, its index entries not yet) is a dead
+            // row, so that autovacuum's n_dead_tup still sees it after ANALYZE.
+            if page::line_pointer(scan.page(), off as usize).flags == page::LP_DEAD {
+                *deadrows += 1.0;
+            }
             continue;
         }
         // The scan's snapshot kind for ANALYZE is the build mode: rows whose writer did not

@@ -283,10 +283,15 @@ pub fn fits(p: &[u8], len: usize) -> bool {
     let lps = page::line_pointer_count(p);
     let free = page::pd_upper(p) - page::pd_lower(p);
     if lps >= page::MAX_ROWS_PER_PAGE {
-        // Only a recycled line pointer can take the row.
-        return false;
+        // Only a recycled line pointer can take the row (PageAddItem reuses one first).
+        return has_unused_pointer(p) && free >= len.next_multiple_of(8);
     }
     free >= space_needed(len)
+}
+
+/// Whether a page has a line pointer VACUUM made reusable.
+fn has_unused_pointer(p: &[u8]) -> bool {
+    (1..=page::line_pointer_count(p)).any(|o| page::line_pointer(p, o).flags == page::LP_UNUSED)
 }
 
 /// Whether an undo page takes another record of `len` bytes (no slot limit there).
@@ -321,8 +326,12 @@ pub unsafe fn find_room(
         nblocks = self::nblocks(rel);
         blk = pg_sys::GetPageWithFreeSpace(rel, space_needed(len));
     }
+    // Like heap, follow the free space map until it has nothing: every page that turns out
+    // too full corrects its entry, so stale entries (pages refilled since their space was
+    // recorded) are used up rather than left to make every later insert extend the file.
+    // The cap only guards against a map that keeps answering the same page.
     let mut tries = 0;
-    while blk != pg_sys::InvalidBlockNumber && blk != 0 && blk < nblocks && tries < 8 {
+    while blk != pg_sys::InvalidBlockNumber && blk != 0 && blk < nblocks && tries < 10_000 {
         tries += 1;
         let b = LockedBuffer::read(rel, blk, Lock::Exclusive, strategy);
         let p = b.page();
@@ -349,7 +358,10 @@ pub unsafe fn find_room(
                 format: false,
             };
         }
-        let free = if page::kind(p) == Some(PageKind::Data) {
+        // A page whose line pointers are all taken has no room, whatever its free bytes.
+        let free = if page::kind(p) == Some(PageKind::Data)
+            && (page::line_pointer_count(p) < page::MAX_ROWS_PER_PAGE || has_unused_pointer(p))
+        {
             page::free_space(p)
         } else {
             0
