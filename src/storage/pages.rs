@@ -192,14 +192,16 @@ pub unsafe fn nblocks(rel: pg_sys::Relation) -> u32 {
 pub unsafe fn free_or_new_page(rel: pg_sys::Relation) -> LockedBuffer {
     let nblocks = nblocks(rel);
     let mut blk = pg_sys::GetPageWithFreeSpace(rel, SPECIAL_FREE_MIN);
-    for _ in 0..8 {
+    // Entries the map has wrong are corrected one per try; the bound only keeps a writer that
+    // holds other buffer locks from walking the whole map.
+    for _ in 0..64 {
         if blk == pg_sys::InvalidBlockNumber || blk == 0 || blk >= nblocks {
             break;
         }
         // What to tell the map about a page we cannot take: below an empty page's space so
         // it stops offering it for undo (a data page keeps serving inserts), or none for a
-        // page that is not a data page.
-        let mut avail = SPECIAL_FREE_MIN - 1;
+        // page that is not a data page; a page we could not lock at once keeps its entry.
+        let mut avail = pg_sys::GetRecordedFreeSpace(rel, blk);
         if let Some(b) = LockedBuffer::try_exclusive(rel, blk) {
             let p = b.page();
             if page::kind(p) == Some(PageKind::Free) && page::verify(p).is_ok() || page::is_new(p) {
@@ -306,6 +308,9 @@ pub struct Target {
     pub format: bool,
 }
 
+/// How many empty (undo-freed) pages an insert passes over looking for a data page with room.
+const EMPTY_PAGES_PASSED_OVER: u32 = 64;
+
 /// Finds a data page with room for `len` bytes: the relation's cached target block, then the
 /// free space map, then a new block.
 ///
@@ -331,10 +336,25 @@ pub unsafe fn find_room(
     // recorded) are used up rather than left to make every later insert extend the file.
     // The cap only guards against a map that keeps answering the same page.
     let mut tries = 0;
+    // Empty pages freed by undo discard are passed over a few times in favour of data pages
+    // with room: left empty, they serve the next undo pages, which would otherwise extend the
+    // file while rows spread thinly over ever more data pages (churn of deletes and inserts).
+    let mut empty_skipped = 0;
     while blk != pg_sys::InvalidBlockNumber && blk != 0 && blk < nblocks && tries < 10_000 {
         tries += 1;
         let b = LockedBuffer::read(rel, blk, Lock::Exclusive, strategy);
         let p = b.page();
+        if page::kind(p) == Some(PageKind::Free) && empty_skipped < EMPTY_PAGES_PASSED_OVER {
+            empty_skipped += 1;
+            let free = page::free_space(p);
+            drop(b);
+            // The map keeps the page's true space and moves its search on past it.
+            blk = pg_sys::RecordAndGetPageWithFreeSpace(rel, blk, free, space_needed(len));
+            if nblocks == u32::MAX {
+                nblocks = self::nblocks(rel);
+            }
+            continue;
+        }
         if page::is_new(p) {
             (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = blk;
             return Target {
