@@ -527,7 +527,11 @@ pub unsafe extern "C-unwind" fn tuple_update(
     let flags_kept = RowHeader::read(&old).infomask
         & !(FLAG_DELETED | FLAG_MOVED | FLAG_SPECULATIVE)
         & row::TORII_FLAGS;
-    if !indexes_changed && fits && !has_user_after_update_trigger(rel) {
+    if !indexes_changed
+        && fits
+        && !has_user_after_update_trigger(rel)
+        && !super::transition::old_rows_captured(rel)
+    {
         apply_change(rel, t, &old, UndoKind::Update, xid, cid, |ptr| {
             restamp(new_bytes.clone(), xid, cid, ptr, flags_kept)
         });
