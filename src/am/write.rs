@@ -640,6 +640,13 @@ pub unsafe extern "C-unwind" fn tuple_lock(
                 WriterStatus::Current => {
                     if !snapshot.is_null() && h.cid >= (*snapshot).curcid {
                         fill_tmfd(tmfd, t, &h, true);
+                        // As heap: a row this command inserted is invisible to it (ON CONFLICT
+                        // then reports a cardinality violation, reading xmin from the slot);
+                        // one it changed is self-modified.
+                        if h.undo.is_none() && !h.is_deleted() {
+                            super::fetch::store_copy(rel, row, t, slot);
+                            return pg_sys::TM_Result::TM_Invisible;
+                        }
                         return pg_sys::TM_Result::TM_SelfModified;
                     }
                     if h.is_deleted() {
