@@ -112,6 +112,19 @@ impl Drop for TupleLock {
     }
 }
 
+/// Heap's forwarding TID for a row that moved to another partition
+/// (`ItemPointerSetMovedPartitions`: InvalidBlockNumber, MovedPartitionsOffsetNumber).
+const MOVED_PARTITIONS: (u32, u16) = (pg_sys::InvalidBlockNumber, 0xfffd);
+
+/// The error heap raises when the newest version of a row to lock is in another partition.
+fn moved_to_other_partition() {
+    pgrx::ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+        "tuple to be locked was already moved to another partition due to concurrent update"
+    );
+}
+
 /// The normal row at `off` of a locked page, or None.
 fn row_at(p: &[u8], off: u16) -> Option<&[u8]> {
     if off == 0 || off as usize > page::line_pointer_count(p) {
@@ -380,7 +393,7 @@ unsafe fn has_user_after_update_trigger(rel: pg_sys::Relation) -> bool {
 }
 
 /// Deletes the TOAST values of a row that is going away.
-unsafe fn toast_delete(rel: pg_sys::Relation, row_bytes: &[u8]) {
+unsafe fn toast_delete(rel: pg_sys::Relation, row_bytes: &[u8], is_speculative: bool) {
     let h = RowHeader::read(row_bytes);
     if h.infomask & pg_sys::HEAP_HASEXTERNAL as u16 == 0 {
         return;
@@ -391,7 +404,7 @@ unsafe fn toast_delete(rel: pg_sys::Relation, row_bytes: &[u8]) {
         t_tableOid: (*rel).rd_id,
         ..Default::default()
     };
-    crate::pg_extra::heap_toast_delete(rel, &mut tup, false);
+    crate::pg_extra::heap_toast_delete(rel, &mut tup, is_speculative);
 }
 
 #[pg_guard]
@@ -404,7 +417,7 @@ pub unsafe extern "C-unwind" fn tuple_delete(
     crosscheck: pg_sys::Snapshot,
     wait: bool,
     tmfd: *mut pg_sys::TM_FailureData,
-    _changing_part: bool,
+    changing_part: bool,
 ) -> pg_sys::TM_Result::Type {
     let t = *tidp;
     super::vacuum::maybe_discard(rel);
@@ -427,17 +440,31 @@ pub unsafe extern "C-unwind" fn tuple_delete(
     let (blk, _) = tid_parts(&t);
     let mut tt = t;
     crate::pg_extra::CheckForSerializableConflictIn(rel, &mut tt, blk);
-    apply_change(rel, t, &old, UndoKind::Delete, xid, cid, |ptr| {
+    // A row moving to another partition is marked moved, with heap's "moved partitions" TID
+    // as its forwarding TID: concurrent writers and lockers then get a serialization error
+    // instead of taking it for deleted.
+    let kind = if changing_part {
+        UndoKind::Moved
+    } else {
+        UndoKind::Delete
+    };
+    apply_change(rel, t, &old, kind, xid, cid, |ptr| {
         let mut new = old.clone();
         let mut h = RowHeader::read(&new);
         h.xid = xid;
         h.cid = cid;
         h.undo = ptr;
         h.infomask |= FLAG_DELETED;
+        if changing_part {
+            h.infomask |= FLAG_MOVED;
+        }
         h.write(&mut new);
+        if changing_part {
+            row::set_forward_tid(&mut new, MOVED_PARTITIONS.0, MOVED_PARTITIONS.1);
+        }
         new
     });
-    toast_delete(rel, &old);
+    toast_delete(rel, &old, false);
     pg_sys::pgstat_count_heap_delete(rel);
     pg_sys::TM_Result::TM_Ok
 }
@@ -659,6 +686,10 @@ pub unsafe extern "C-unwind" fn tuple_lock(
                         fill_tmfd(tmfd, t, &h, false);
                         if h.is_moved() {
                             let (fb, fo) = row::forward_tid(row);
+                            if (fb, fo) == MOVED_PARTITIONS && find_last {
+                                // As heapam_tuple_lock: there is no newer version to lock here.
+                                moved_to_other_partition();
+                            }
                             if find_last {
                                 t = tid(fb, fo);
                                 traversed = true;
@@ -763,6 +794,8 @@ pub unsafe extern "C-unwind" fn tuple_complete_speculative(
         let bytes = row.to_vec();
         wal::kill_row(rel, &b, off);
         drop(b);
-        toast_delete(rel, &bytes);
+        // As heap_abort_speculative: the values were inserted by this very command, which
+        // cannot delete them (they are invisible to it); the TOAST rows are super-deleted too.
+        toast_delete(rel, &bytes, true);
     }
 }
