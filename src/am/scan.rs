@@ -536,7 +536,12 @@ pub unsafe extern "C-unwind" fn scan_sample_next_block(
     let scan = &mut *(sscan as *mut ToriiScan);
     let tsm = (*scanstate).tsmroutine;
     let blk = if let Some(next) = (*tsm).NextSampleBlock {
-        next(scanstate, scan.nblocks)
+        // The sampling method sees the blocks after the metapage numbered from 0, as heap's
+        // would be, so that a seed picks the same share of a table laid out like heap's.
+        match next(scanstate, scan.nblocks.saturating_sub(1)) {
+            pg_sys::InvalidBlockNumber => pg_sys::InvalidBlockNumber,
+            b => b + 1,
+        }
     } else {
         // Sequential block order, starting after the metapage.
         if !scan.inited {
@@ -585,7 +590,8 @@ pub unsafe extern "C-unwind" fn scan_sample_next_tuple(
     };
     loop {
         let off = match (*tsm).NextSampleTuple {
-            Some(f) => f(scanstate, scan.cur_block, maxoff),
+            // Block numbers as the sampling method sees them (see scan_sample_next_block).
+            Some(f) => f(scanstate, scan.cur_block.saturating_sub(1), maxoff),
             None => pg_sys::InvalidOffsetNumber,
         };
         if off == pg_sys::InvalidOffsetNumber || off > maxoff {
