@@ -24,6 +24,7 @@ pub mod storage;
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     hints::init();
+    am::vacuum::init_gucs();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

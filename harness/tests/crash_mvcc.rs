@@ -33,6 +33,12 @@ use torii_harness::testing::{
 };
 use torii_harness::{err, sql, Cluster, Result};
 
+/// `batch_execute` with the statement and the server's error in the message.
+fn exec(cl: &mut Client, stmt: &str) -> Result<()> {
+    cl.batch_execute(stmt)
+        .map_err(|e| err(format!("{stmt}: {}", sql::describe(&e))))
+}
+
 /// Statements applied to the AM's table `t` and to its heap mirror `h`.
 fn both(cl: &mut Client, stmt: &str) -> Result<()> {
     for t in ["h", "t"] {
@@ -46,6 +52,10 @@ const DIGEST: &str = "SELECT count(*), sum(v), sum(k), sum(length(pad)), \
     md5(string_agg(id || ',' || v || ',' || k || ',' || pad, ';' ORDER BY id)) FROM {t}";
 
 fn same(cl: &mut Client, what: &str) -> Result<String> {
+    same_inner(cl, what).map_err(|e| err(format!("{what}: {}", sql::describe(&e))))
+}
+
+fn same_inner(cl: &mut Client, what: &str) -> Result<String> {
     let h = sql::result_text(cl, &DIGEST.replace("{t}", "h"))?;
     let t = sql::result_text(cl, &DIGEST.replace("{t}", "t"))?;
     if h != t {
@@ -120,13 +130,15 @@ fn kill9_with_updates_and_deletes_in_flight() -> Result<()> {
 
     // A prepared transaction (survives the crash, then commits).
     let mut p = c.connect(DB)?;
-    p.batch_execute(
+    exec(
+        &mut p,
         "BEGIN; UPDATE t SET v = v + 5000 WHERE id % 10 = 7; DELETE FROM t WHERE id % 10 = 9 AND id < 2000; \
          PREPARE TRANSACTION 'p1'",
     )?;
     // Open transactions: many rows updated (in place and cold) and deleted.
     let mut x = c.connect(DB)?;
-    x.batch_execute(
+    exec(
+        &mut x,
         "BEGIN; UPDATE t SET v = v + 100 WHERE id % 2 = 0; \
          UPDATE t SET k = k + 500000 WHERE id % 10 = 4; \
          UPDATE t SET pad = repeat('x', 300) WHERE id % 10 = 6; \
@@ -134,15 +146,19 @@ fn kill9_with_updates_and_deletes_in_flight() -> Result<()> {
          INSERT INTO t SELECT g, -1, -1, 'uncommitted' FROM generate_series(2000001, 2010000) g",
     )?;
     let mut y = c.connect(DB)?;
-    y.batch_execute(
+    exec(
+        &mut y,
         "BEGIN; UPDATE t SET v = v - 100 WHERE id % 10 IN (1, 3); SAVEPOINT s; \
          DELETE FROM t WHERE id % 10 = 3; RELEASE s; SAVEPOINT s2; UPDATE t SET v = 0 WHERE id % 10 = 1; \
          ROLLBACK TO s2; UPDATE t SET id = id + 3000000 WHERE id % 30 = 11",
     )?;
     // Part of it reaches the data files, the rest is only in WAL.
     cl.batch_execute("CHECKPOINT")?;
-    x.batch_execute("UPDATE t SET v = v + 1 WHERE id % 2 = 0 AND id < 20000")?;
-    y.batch_execute("DELETE FROM t WHERE id % 10 = 1 AND id < 10000")?;
+    exec(
+        &mut x,
+        "UPDATE t SET v = v + 1 WHERE id % 2 = 0 AND id < 20000",
+    )?;
+    exec(&mut y, "DELETE FROM t WHERE id % 10 = 1 AND id < 10000")?;
     // Rows this session sees are its own.
     assert_eq!(
         sql::scalar::<i64>(&mut x, "SELECT count(*) FROM t WHERE v = -1")?,
@@ -510,7 +526,6 @@ fn check_load(c: &Cluster, acks: &Acks, round: usize) -> Result<()> {
 }
 
 #[test]
-#[ignore = "open bug: under concurrent load a change rolled back with ROLLBACK TO SAVEPOINT occasionally stays in effect (seen as a ledger mismatch); flaky until fixed"]
 fn crash_under_load() -> Result<()> {
     let seed: u64 = std::env::var("TORII_CRASH_SEED")
         .ok()
@@ -589,7 +604,6 @@ fn crash_under_load() -> Result<()> {
 
 /// The same workload and checks without a crash: tells crash-recovery bugs from MVCC bugs.
 #[test]
-#[ignore = "open bug: under concurrent load a change rolled back with ROLLBACK TO SAVEPOINT occasionally stays in effect (seen as a ledger mismatch); flaky until fixed"]
 fn load_without_crash() -> Result<()> {
     let (c, mut cl) = cluster_with_db_conf("load-nocrash", &["deadlock_timeout = '50ms'"])?;
     setup_load(&mut cl)?;

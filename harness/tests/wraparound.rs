@@ -128,7 +128,6 @@ fn both(cl: &mut Client, stmt: &str) -> Result<()> {
 }
 
 #[test]
-#[ignore = "open: needs the resolved-horizon shortcut, disabled because it took unresolved changes as committed in the crash tests"]
 fn rows_survive_xid_wraparound() -> Result<()> {
     let (c, mut cl) = cluster_with_db_conf("wraparound", &["autovacuum = off"])?;
     for (t, a) in [

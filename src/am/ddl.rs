@@ -32,6 +32,7 @@ pub unsafe extern "C-unwind" fn relation_set_new_filenode(
 #[pg_guard]
 pub unsafe extern "C-unwind" fn relation_nontransactional_truncate(rel: pg_sys::Relation) {
     pg_sys::RelationTruncate(rel, 0);
+    super::modify::forget_noted(rel);
 }
 
 #[pg_guard]
@@ -71,7 +72,7 @@ pub unsafe extern "C-unwind" fn relation_copy_data(
 /// descriptor (which supplies `ADD COLUMN` defaults the row does not store) and formed again
 /// with the new one (dropped columns become NULL), TOASTed into the new table's TOAST
 /// relation, like heap's rewrite.
-unsafe fn copy_row(old: pg_sys::Relation, new: pg_sys::Relation, row: &[u8]) {
+unsafe fn copy_row(old: pg_sys::Relation, new: pg_sys::Relation, row: &[u8], freeze_below: u64) {
     let old_desc = (*old).rd_att;
     let new_desc = (*new).rd_att;
     let natts = (*new_desc).natts as usize;
@@ -90,12 +91,20 @@ unsafe fn copy_row(old: pg_sys::Relation, new: pg_sys::Relation, row: &[u8]) {
     }
     let formed = pg_sys::heap_form_tuple(new_desc, values.as_mut_ptr(), isnull.as_mut_ptr());
     let h = torii_core::row::RowHeader::read(row);
+    // The new file's relfrozenxid is the caller's cutoff: writers below it are stored frozen
+    // (0), since CLOG below relfrozenxid may be truncated. The copied version is committed (or
+    // the rewriting transaction's own), so freezing it changes what no snapshot sees.
+    let (xid, cid) = if h.xid < freeze_below {
+        (0, 0)
+    } else {
+        (h.xid, h.cid)
+    };
     let bytes = super::modify::form_stored_row(
         new,
         formed,
         std::ptr::null_mut(),
-        h.xid,
-        h.cid,
+        xid,
+        cid,
         pg_sys::HEAP_INSERT_SKIP_FSM as i32,
     );
     pg_sys::heap_freetuple(formed);
@@ -111,17 +120,18 @@ unsafe fn copy_version(
     new: pg_sys::Relation,
     build: &Snap,
     row: &[u8],
+    freeze_below: u64,
     num_tuples: *mut f64,
     tups_vacuumed: *mut f64,
 ) {
     match build.resolve(old, row) {
         Version::None => *tups_vacuumed += 1.0,
         Version::Current(r) => {
-            copy_row(old, new, r);
+            copy_row(old, new, r, freeze_below);
             *num_tuples += 1.0;
         }
         Version::Old(img) => {
-            copy_row(old, new, &img);
+            copy_row(old, new, &img, freeze_below);
             *num_tuples += 1.0;
         }
     }
@@ -135,7 +145,7 @@ pub unsafe extern "C-unwind" fn relation_copy_for_cluster(
     old_index: pg_sys::Relation,
     _use_sort: bool,
     _oldest_xmin: pg_sys::TransactionId,
-    _xid_cutoff: *mut pg_sys::TransactionId,
+    xid_cutoff: *mut pg_sys::TransactionId,
     _multi_cutoff: *mut pg_sys::MultiXactId,
     num_tuples: *mut f64,
     tups_vacuumed: *mut f64,
@@ -146,6 +156,8 @@ pub unsafe extern "C-unwind" fn relation_copy_for_cluster(
     *num_tuples = 0.0;
     *tups_vacuumed = 0.0;
     *tups_recently_dead = 0.0;
+    // PostgreSQL records *xid_cutoff as the new file's relfrozenxid.
+    let freeze_below = super::visibility::full_xid(*xid_cutoff);
     if !old_index.is_null() {
         let slot = pg_sys::table_slot_create(old, std::ptr::null_mut());
         let iscan = pg_sys::index_beginscan(old, old_index, &raw mut pg_sys::SnapshotAnyData, 0, 0);
@@ -156,7 +168,15 @@ pub unsafe extern "C-unwind" fn relation_copy_for_cluster(
             // as the sequential path does: the slot holds SnapshotAny's answer, which for a
             // deleted or moved row is its last image without the deletion.
             if let Some(row) = super::fetch::stored_row(old, &(*slot).tts_tid) {
-                copy_version(old, new, &build, &row, num_tuples, tups_vacuumed);
+                copy_version(
+                    old,
+                    new,
+                    &build,
+                    &row,
+                    freeze_below,
+                    num_tuples,
+                    tups_vacuumed,
+                );
             }
         }
         pg_sys::index_endscan(iscan);
@@ -177,7 +197,15 @@ pub unsafe extern "C-unwind" fn relation_copy_for_cluster(
                 continue;
             }
             let row = &copy[lp.off..lp.off + lp.len];
-            copy_version(old, new, &build, row, num_tuples, tups_vacuumed);
+            copy_version(
+                old,
+                new,
+                &build,
+                row,
+                freeze_below,
+                num_tuples,
+                tups_vacuumed,
+            );
         }
     }
 }

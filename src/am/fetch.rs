@@ -202,7 +202,7 @@ pub unsafe extern "C-unwind" fn tuple_fetch_row_version(
     snapshot: pg_sys::Snapshot,
     slot: *mut pg_sys::TupleTableSlot,
 ) -> bool {
-    let snap = Snap::new(snapshot);
+    let snap = Snap::for_row_fetch(snapshot);
     fetch_into(rel, &*tid, &snap, slot)
 }
 

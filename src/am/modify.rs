@@ -181,6 +181,14 @@ thread_local! {
         std::cell::RefCell::new((0, std::collections::HashSet::new()));
 }
 
+/// Forgets the blocks noted for `rel`: a truncation in place (of a table created in this
+/// transaction) empties the file and its undo, so the next rows in those blocks need notes anew.
+pub fn forget_noted(rel: pg_sys::Relation) {
+    // SAFETY: reading the relation's file number from a live relcache entry.
+    let node: u32 = unsafe { (*rel).rd_node.relNode.into() };
+    NOTED.with(|n| n.borrow_mut().1.retain(|k| k.0 != node));
+}
+
 /// Adds rows written by the current (sub)transaction to a locked page; the first time this
 /// transaction writes rows to the block, an insert note goes to undo in the same WAL record,
 /// so that discard can find and remove the rows if the transaction aborts.
@@ -193,15 +201,15 @@ unsafe fn add_noted(
     let xid = torii_core::row::RowHeader::read(rows[0]).xid;
     let top = pg_sys::GetTopFullTransactionIdIfAny().value;
     let key = ((*rel).rd_node.relNode.into(), blk, xid);
-    let fresh = NOTED.with(|n| {
+    let noted = NOTED.with(|n| {
         let mut n = n.borrow_mut();
         if n.0 != top {
             n.0 = top;
             n.1.clear();
         }
-        n.1.insert(key)
+        n.1.contains(&key)
     });
-    if !fresh {
+    if noted {
         return wal::add_rows(rel, &target.buf, target.format, rows);
     }
     let note = torii_core::undo::UndoRecord {
@@ -215,7 +223,10 @@ unsafe fn add_noted(
     }
     .encode();
     let space = crate::storage::undo::reserve(rel, note.len());
-    wal::add_rows_noted(rel, &target.buf, target.format, rows, &space, &note)
+    let offs = wal::add_rows_noted(rel, &target.buf, target.format, rows, &space, &note);
+    // Remembered only once the note is written: an ERROR before must not skip it next time.
+    NOTED.with(|n| n.borrow_mut().1.insert(key));
+    offs
 }
 
 #[pg_guard]

@@ -41,10 +41,7 @@ pub struct VacuumStats {
 
 /// The oldest xid any snapshot may still need, as a full xid.
 unsafe fn oldest_needed(rel: pg_sys::Relation) -> u64 {
-    let oldest = pg_sys::GetOldestNonRemovableTransactionId(rel).into_inner();
-    let next = pg_sys::ReadNextFullTransactionId().value;
-    let next32 = next as u32;
-    next - (next32.wrapping_sub(oldest) as u64)
+    super::visibility::full_xid(pg_sys::GetOldestNonRemovableTransactionId(rel))
 }
 
 /// Copies the metapage fields.
@@ -97,19 +94,7 @@ unsafe fn settle(
                 return;
             }
             st.rows_rolled_back += victims.len() as i64;
-            *meta_dead += victims.len() as u64;
-            wal::edit_page(rel, &b, |img| {
-                for &o in &victims {
-                    let mut lp = page::line_pointer(img, o as usize);
-                    st.bytes_reclaimed += lp.len as i64;
-                    lp.flags = LP_DEAD;
-                    lp.off = 0;
-                    lp.len = 0;
-                    page::set_line_pointer(img, o as usize, lp);
-                }
-                repair_fragmentation(img);
-            });
-            pages::record_free(rel, r.tid_blk, b.page());
+            kill_slots(rel, &b, &victims, st, meta_dead);
         }
         UndoKind::Update | UndoKind::Delete | UndoKind::Moved => {
             let (b, valid) =
@@ -126,10 +111,14 @@ unsafe fn settle(
                         return;
                     };
                     let h = RowHeader::read(row);
-                    if h.undo.is_none()
-                        || h.is_speculative()
-                        || super::visibility::writer_status_in(rel, h.xid) != WriterStatus::Aborted
-                    {
+                    if super::visibility::writer_status_in(rel, h.xid) != WriterStatus::Aborted {
+                        return;
+                    }
+                    if h.undo.is_none() || h.is_speculative() {
+                        // Back to a row the aborted transaction inserted (and then changed):
+                        // its insert note may be gone already, so the row goes now. Left
+                        // behind, it would outlive the undo that says its writer aborted.
+                        kill_slots(rel, &b, &[r.tid_off], st, meta_dead);
                         return;
                     }
                     let rec = crate::storage::undo::read_record(rel, h.undo);
@@ -152,21 +141,34 @@ unsafe fn settle(
             }
             if h.is_deleted() {
                 st.rows_reclaimed += 1;
-                *meta_dead += 1;
-                let off = r.tid_off as usize;
-                wal::edit_page(rel, &b, |img| {
-                    let mut lp = page::line_pointer(img, off);
-                    st.bytes_reclaimed += lp.len as i64;
-                    lp.flags = LP_DEAD;
-                    lp.off = 0;
-                    lp.len = 0;
-                    page::set_line_pointer(img, off, lp);
-                    repair_fragmentation(img);
-                });
-                pages::record_free(rel, r.tid_blk, b.page());
+                kill_slots(rel, &b, &[r.tid_off], st, meta_dead);
             }
         }
     }
+}
+
+/// Frees the storage of rows of a locked data page whose index entries may still point at
+/// them (LP_DEAD until VACUUM removed those entries; counted for the metapage).
+unsafe fn kill_slots(
+    rel: pg_sys::Relation,
+    b: &LockedBuffer,
+    offs: &[u16],
+    st: &mut VacuumStats,
+    meta_dead: &mut u64,
+) {
+    *meta_dead += offs.len() as u64;
+    wal::edit_page(rel, b, |img| {
+        for &o in offs {
+            let mut lp = page::line_pointer(img, o as usize);
+            st.bytes_reclaimed += lp.len as i64;
+            lp.flags = LP_DEAD;
+            lp.off = 0;
+            lp.len = 0;
+            page::set_line_pointer(img, o as usize, lp);
+        }
+        repair_fragmentation(img);
+    });
+    pages::record_free(rel, b.block(), b.page());
 }
 
 /// Compacts a page image after items lost their storage.
@@ -182,6 +184,74 @@ fn repair_fragmentation(img: &mut [u8]) {
 pub unsafe fn discard(rel: pg_sys::Relation, st: &mut VacuumStats) {
     discard_pages(rel, st);
     advance_horizon(rel, st);
+}
+
+/// `torii.undo_warn_size` (kB): retained undo of one table above which discard logs a warning.
+pub static UNDO_WARN_SIZE: pgrx::guc::GucSetting<i32> =
+    pgrx::guc::GucSetting::<i32>::new(1024 * 1024);
+
+/// Defines this module's settings. Called once from `_PG_init`.
+pub fn init_gucs() {
+    pgrx::guc::GucRegistry::define_int_guc(
+        c"torii.undo_warn_size",
+        c"Undo a torii table may retain before discard warns in the server log.",
+        c"Undo is retained while a snapshot or transaction older than it runs; -1 disables the warning.",
+        &UNDO_WARN_SIZE,
+        -1,
+        i32::MAX,
+        pgrx::guc::GucContext::Userset,
+        pgrx::guc::GucFlags::UNIT_KB,
+    );
+}
+
+/// Seconds between two retained-undo warnings of one backend.
+const WARN_EVERY_SECS: u64 = 60;
+
+thread_local! {
+    static LAST_WARNING: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Discard stopped at a record of `xid` that must stay: warn (at most once a minute per
+/// backend) when the table's retained undo exceeds `torii.undo_warn_size`.
+unsafe fn warn_if_undo_retained(rel: pg_sys::Relation, xid: u64) {
+    let limit = UNDO_WARN_SIZE.get();
+    if limit < 0 {
+        return;
+    }
+    let m = read_meta(rel);
+    // Whole undo pages linked minus those freed: the undo the table holds now.
+    let retained = m.undo_appended.saturating_sub(m.undo_discarded);
+    if retained <= limit as u64 * 1024 {
+        return;
+    }
+    let due = LAST_WARNING.with(|l| {
+        let now = std::time::Instant::now();
+        let due = l
+            .get()
+            .is_none_or(|t| now.duration_since(t).as_secs() >= WARN_EVERY_SECS);
+        if due {
+            l.set(Some(now));
+        }
+        due
+    });
+    if !due {
+        return;
+    }
+    ereport!(
+        PgLogLevel::WARNING,
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!(
+            "torii: table \"{}\" retains {} kB of undo, above torii.undo_warn_size ({} kB)",
+            crate::storage::rel_name(rel),
+            retained / 1024,
+            limit
+        ),
+        format!(
+            "The oldest undo that must stay was written by transaction {xid}; undo is kept while \
+             a transaction or snapshot older than it runs."
+        )
+    );
 }
 
 /// Undo-producing writes per backend and table between two opportunistic discards.
@@ -250,6 +320,7 @@ unsafe fn discard_pages(rel: pg_sys::Relation, st: &mut VacuumStats) {
             let status = writer_status(r.xid);
             if r.xid >= oldest || matches!(status, WriterStatus::InProgress | WriterStatus::Current)
             {
+                warn_if_undo_retained(rel, r.xid);
                 break 'pages;
             }
             settle(rel, UndoPtr { blk: head, off }, &r, st, &mut dead_added);
@@ -271,7 +342,7 @@ unsafe fn discard_pages(rel: pg_sys::Relation, st: &mut VacuumStats) {
         if next == NO_BLOCK {
             m.undo_tail = NO_BLOCK;
         }
-        m.undo_discarded += bytes as u64;
+        m.undo_discarded += page::BLCKSZ as u64;
         m.pending_dead += dead_added;
         dead_added = 0;
         wal::edit_pages(rel, &[&hb, &mb], |imgs| {
@@ -552,10 +623,10 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
     let h = horizon(rel);
     // While readers still ask CLOG for every writer (the horizon shortcut is disabled, see
     // visibility::horizon_of), relfrozenxid must not move: CLOG below it may be truncated.
-    let h = if super::visibility::horizon_of(rel) == 0 {
-        0
-    } else {
+    let h = if super::visibility::HORIZON_SHORTCUT {
         h
+    } else {
+        0
     };
     let frozen = if h == 0 {
         pg_sys::InvalidTransactionId

@@ -51,7 +51,7 @@ impl XactOracle for PgOracle {
         unsafe { pg_sys::TransactionIdIsInProgress(xid32(xid)) }
     }
     fn did_commit(&self, xid: u64) -> bool {
-        if self.committed.get() == xid {
+        if self.committed.get() == xid || clog_forgot(xid) {
             return true;
         }
         // SAFETY: plain CLOG lookup.
@@ -100,6 +100,19 @@ impl Snap {
         }
     }
 
+    /// The snapshot for fetching one row by TID (`table_tuple_fetch_row_version`):
+    /// `SnapshotAny` becomes [`SnapshotKind::RowVersion`] there (see torii-core's visibility).
+    ///
+    /// # Safety
+    /// As [`Snap::new`].
+    pub unsafe fn for_row_fetch(snapshot: pg_sys::Snapshot) -> Snap {
+        let mut snap = Snap::new(snapshot);
+        if snap.kind == SnapshotKind::Any {
+            snap.kind = SnapshotKind::RowVersion;
+        }
+        snap
+    }
+
     /// A snapshot-less mode (index builds): rows whose writer did not abort.
     pub fn of_kind(kind: SnapshotKind) -> Snap {
         Snap {
@@ -121,7 +134,10 @@ impl Snap {
             let h = RowHeader::read(cur);
             match change_effect(self.kind, h.xid, h.cid, horizon_of(rel), &self.oracle) {
                 Effect::InEffect => {
-                    if h.is_deleted() && self.kind != SnapshotKind::Any {
+                    // Any and RowVersion give what the TID holds, deleted or not.
+                    let tid_content =
+                        matches!(self.kind, SnapshotKind::Any | SnapshotKind::RowVersion);
+                    if h.is_deleted() && !tid_content {
                         return Version::None;
                     }
                     if h.is_moved() {
@@ -234,7 +250,7 @@ pub unsafe fn writer_status_in(rel: pg_sys::Relation, xid: u64) -> WriterStatus 
 }
 
 /// Whether readers and writers trust the resolved horizon (see [`horizon_of`]).
-const HORIZON_SHORTCUT: bool = false;
+pub(crate) const HORIZON_SHORTCUT: bool = true;
 
 thread_local! {
     /// Resolved horizon per table (relfilenode), read once per transaction: it only grows,
@@ -279,11 +295,38 @@ fn writer_status_below(xid: u64, horizon: u64) -> WriterStatus {
             WriterStatus::Current
         } else if pg_sys::TransactionIdIsInProgress(x) {
             WriterStatus::InProgress
-        } else if pg_sys::TransactionIdDidCommit(x) {
+        } else if clog_forgot(xid) || pg_sys::TransactionIdDidCommit(x) {
             WriterStatus::Committed
         } else {
             WriterStatus::Aborted
         }
+    }
+}
+
+/// The full (64-bit) form of a recent 32-bit xid: the one of the last 2^32 xids before the next
+/// one to be assigned that has these low bits. Invalid (0) stays 0.
+///
+/// # Safety
+/// Reads the shared next-xid counter.
+pub unsafe fn full_xid(xid: pg_sys::TransactionId) -> u64 {
+    let x = xid.into_inner();
+    if x == 0 {
+        return 0;
+    }
+    let next = pg_sys::ReadNextFullTransactionId().value;
+    next - ((next as u32).wrapping_sub(x) as u64)
+}
+
+/// Is `xid` older than what CLOG still holds? Such a writer is below the table's horizon
+/// (CLOG is truncated only below every table's relfrozenxid, which for torii is its resolved
+/// horizon), so it is resolved: committed, or its change was rolled back. This covers a
+/// transaction whose cached horizon is older than a truncation that happened meanwhile.
+fn clog_forgot(xid: u64) -> bool {
+    // SAFETY: ShmemVariableCache is set up at startup; oldestClogXid only moves forward and
+    // is advanced before CLOG is truncated, so an unlocked read errs on the safe side.
+    unsafe {
+        let oldest = (*pg_sys::ShmemVariableCache).oldestClogXid;
+        xid < full_xid(oldest)
     }
 }
 

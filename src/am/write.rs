@@ -498,7 +498,11 @@ pub unsafe extern "C-unwind" fn tuple_update(
         let (b, _) = pages::read_verified(rel, blk, Lock::Share, std::ptr::null_mut());
         row_at(b.page(), off).map(|r| r.to_vec())
     };
+    // A deleted or moved row (its change may have aborted and await rollback on touch) has
+    // no attributes to compare: a moved stub's data starts with the forwarding TID. Take the
+    // stronger mode; the check below rolls the row back or reports the change.
     let key_changed = match &peek {
+        Some(r) if RowHeader::read(r).is_deleted() => true,
         Some(r) => index_attrs_changed(
             rel,
             r,
@@ -688,6 +692,7 @@ pub unsafe extern "C-unwind" fn tuple_lock(
                             let (fb, fo) = row::forward_tid(row);
                             if (fb, fo) == MOVED_PARTITIONS && find_last {
                                 // As heapam_tuple_lock: there is no newer version to lock here.
+                                drop(b);
                                 moved_to_other_partition();
                             }
                             if find_last {
@@ -709,6 +714,11 @@ pub unsafe extern "C-unwind" fn tuple_lock(
                     if !seen {
                         if find_last {
                             traversed = true;
+                        } else if mode == pg_sys::LockTupleMode::LockTupleKeyShare {
+                            // Every change kept at this TID is in place, and an in-place
+                            // update changes no indexed (so no key) column: like heap after a
+                            // non-key update, KEY SHARE locks the version the snapshot sees.
+                            head_is_version = false;
                         } else if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
                             // The caller's snapshot must not lock a newer version.
                             fill_tmfd(tmfd, t, &h, false);

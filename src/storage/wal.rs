@@ -205,6 +205,7 @@ fn append_undo(e: &mut PageEdit, space: &super::undo::UndoSpace, record: &[u8]) 
                 m.undo_head = new_blk;
             }
             m.undo_tail = new_blk;
+            m.undo_appended += page::BLCKSZ as u64;
             m.write(mp);
             UndoPtr {
                 blk: new_blk,

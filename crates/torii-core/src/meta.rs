@@ -12,8 +12,8 @@
 //! | 40 | 4 | head of the free-page list, or `NO_BLOCK` |
 //! | 44 | 4 | reserved |
 //! | 48 | 8 | resolved horizon: every xid below it is known committed or rolled back in this table |
-//! | 56 | 8 | undo bytes appended since creation (statistics) |
-//! | 64 | 8 | undo bytes discarded since creation (statistics) |
+//! | 56 | 8 | bytes of undo pages linked since creation (8192 per page) |
+//! | 64 | 8 | bytes of undo pages freed by discard since creation; the difference is the undo held now |
 //! | 72 | 8 | dead line pointers waiting for index cleanup (set by undo discard, cleared by VACUUM) |
 
 use crate::page::{self, PageKind, NO_BLOCK, PAGE_HEADER_SIZE};

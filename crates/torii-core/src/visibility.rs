@@ -11,19 +11,28 @@
 //! means: no row). If it is not, the snapshot sees the previous version, reached through the
 //! undo pointer (none, for an insert: no row).
 //!
-//! | writer                                   | MVCC               | Self / NonVacuumable | Dirty            | Any |
-//! |------------------------------------------|--------------------|----------------------|------------------|-----|
-//! | frozen (0) or below the resolved horizon | in effect          | in effect            | in effect        | in effect |
-//! | this transaction                         | iff cid < curcid   | in effect            | in effect        | in effect |
-//! | running for the snapshot                 | not in effect      | not in effect (Self) | in effect, wait  | in effect |
-//! | committed (not running for snapshot)     | in effect          | in effect            | in effect        | in effect |
-//! | aborted or crashed                       | not in effect      | not in effect        | not in effect    | not in effect |
+//! | writer                                   | MVCC               | Self / NonVacuumable | Dirty            | Any | RowVersion |
+//! |------------------------------------------|--------------------|----------------------|------------------|-----|------------|
+//! | frozen (0) or below the resolved horizon | in effect          | in effect            | in effect        | in effect | in effect |
+//! | this transaction                         | iff cid < curcid   | in effect            | in effect        | in effect | in effect |
+//! | running for the snapshot                 | not in effect      | not in effect (Self) | in effect, wait  | in effect | not in effect |
+//! | committed (not running for snapshot)     | in effect          | in effect            | in effect        | in effect | in effect |
+//! | aborted or crashed                       | not in effect      | not in effect        | not in effect    | not in effect | not in effect |
 //!
 //! "Running for the snapshot" means in the MVCC snapshot's running set (or past its xmax); for
 //! the other kinds, still in progress now. NonVacuumable treats a change by a running writer as
 //! in effect (the row is not removable). `SnapshotAny` sees the newest version whose writer did
 //! not abort — deleted or not (heap's SnapshotAny returns whatever tuple a TID holds; the
 //! executor uses it to fetch the row it is about to update).
+//!
+//! `RowVersion` is what torii gives for `SnapshotAny` when the executor fetches one row by TID
+//! (`table_tuple_fetch_row_version`): heap's TID names one version, the one the executor's scan
+//! found or locked; a torii TID names the row. The executor builds the new row of an UPDATE from
+//! that fetch (unchanged columns included), so the version must not be another transaction's
+//! running change: if that transaction aborts, the update would write its values. Changes of
+//! running transactions are therefore not in effect; the executor's own and committed ones
+//! are (a committed change its snapshot does not see makes the update report a concurrent
+//! update and re-fetch after locking, as with heap).
 
 /// The snapshot kinds the executor hands to a table AM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +49,8 @@ pub enum SnapshotKind {
     NonVacuumable,
     /// `SnapshotToast`: like Self for rows that are not in TOAST tables (torii's are heap).
     Toast,
+    /// `SnapshotAny` for a fetch of one row by TID: committed changes and our own.
+    RowVersion,
 }
 
 /// Questions about a writer xid that only the transaction system can answer.
@@ -89,6 +100,13 @@ pub fn change_effect(
             if oracle.running_in_snapshot(xid) {
                 Effect::NotInEffect
             } else if oracle.did_commit(xid) {
+                Effect::InEffect
+            } else {
+                Effect::NotInEffect
+            }
+        }
+        SnapshotKind::RowVersion => {
+            if !oracle.in_progress(xid) && oracle.did_commit(xid) {
                 Effect::InEffect
             } else {
                 Effect::NotInEffect
@@ -194,5 +212,9 @@ mod tests {
         assert_eq!(e(Any, 20), Effect::InEffect, "running");
         assert_eq!(e(Any, 30), Effect::InEffect);
         assert_eq!(e(Toast, 30), Effect::InEffect);
+        assert_eq!(e(RowVersion, 10), Effect::InEffect, "own change");
+        assert_eq!(e(RowVersion, 20), Effect::NotInEffect, "running elsewhere");
+        assert_eq!(e(RowVersion, 35), Effect::InEffect, "committed");
+        assert_eq!(e(RowVersion, 40), Effect::NotInEffect, "aborted");
     }
 }
