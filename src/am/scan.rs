@@ -536,12 +536,7 @@ pub unsafe extern "C-unwind" fn scan_sample_next_block(
     let scan = &mut *(sscan as *mut ToriiScan);
     let tsm = (*scanstate).tsmroutine;
     let blk = if let Some(next) = (*tsm).NextSampleBlock {
-        // The sampling method sees the blocks after the metapage numbered from 0, as heap's
-        // would be, so that a seed picks the same share of a table laid out like heap's.
-        match next(scanstate, scan.nblocks.saturating_sub(1)) {
-            pg_sys::InvalidBlockNumber => pg_sys::InvalidBlockNumber,
-            b => b + 1,
-        }
+        next(scanstate, scan.nblocks)
     } else {
         // Sequential block order, starting after the metapage.
         if !scan.inited {
@@ -590,8 +585,7 @@ pub unsafe extern "C-unwind" fn scan_sample_next_tuple(
     };
     loop {
         let off = match (*tsm).NextSampleTuple {
-            // Block numbers as the sampling method sees them (see scan_sample_next_block).
-            Some(f) => f(scanstate, scan.cur_block.saturating_sub(1), maxoff),
+            Some(f) => f(scanstate, scan.cur_block, maxoff),
             None => pg_sys::InvalidOffsetNumber,
         };
         if off == pg_sys::InvalidOffsetNumber || off > maxoff {
