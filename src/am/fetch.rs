@@ -90,15 +90,16 @@ pub unsafe fn stored_row(rel: pg_sys::Relation, tid: &pg_sys::ItemPointerData) -
     Some(row.to_vec())
 }
 
-/// True if no snapshot, now or later, can see any version at `tid`: its line pointer is
-/// dead, or it holds a row inserted by a transaction that aborted (an insert has no previous
-/// version, and rollback never brings an aborted insert back). Only these are reported as
-/// `all_dead`: committed deletes are left to undo discard and VACUUM, which decide when no
-/// snapshot needs them.
+/// True if no snapshot, now or later, can see any version at `tid`: its line pointer is dead;
+/// or it holds a row inserted by a transaction that aborted (an insert has no previous
+/// version, and rollback never brings an aborted insert back); or a row whose delete (or move
+/// away) committed before every snapshot's horizon (heap's "surely dead"). Then the index AM
+/// may kill the entry (kill_prior_tuple).
 ///
 /// # Safety
 /// `rel` must be an open torii table.
 unsafe fn never_visible(rel: pg_sys::Relation, tid: &pg_sys::ItemPointerData) -> bool {
+    use super::visibility::{writer_status_in, WriterStatus};
     let (blk, off) = tid_parts(tid);
     if blk == 0 || off == 0 || blk >= pages::nblocks(rel) {
         return false;
@@ -120,10 +121,18 @@ unsafe fn never_visible(rel: pg_sys::Relation, tid: &pg_sys::ItemPointerData) ->
         return false;
     }
     let h = torii_core::row::RowHeader::read(&p[lp.off..lp.off + lp.len]);
+    drop(b);
+    if h.is_deleted() {
+        // Every older version is older than the delete, so invisible to everyone too.
+        let removable = h.xid == 0
+            || pg_sys::GlobalVisCheckRemovableFullXid(
+                rel,
+                pg_sys::FullTransactionId { value: h.xid },
+            );
+        return removable && writer_status_in(rel, h.xid) == WriterStatus::Committed;
+    }
     let insert = h.undo.is_none() || h.is_speculative();
-    insert
-        && !h.is_deleted()
-        && super::visibility::writer_status(h.xid) == super::visibility::WriterStatus::Aborted
+    insert && writer_status_in(rel, h.xid) == WriterStatus::Aborted
 }
 
 /// Stores a palloc'd copy of `row` in `slot` (freed with the slot's contents).
