@@ -673,8 +673,14 @@ pub unsafe extern "C-unwind" fn tuple_lock(
                         fill_tmfd(tmfd, t, &h, true);
                         // As heap: a row this command inserted is invisible to it (ON CONFLICT
                         // then reports a cardinality violation, reading xmin from the slot);
-                        // one it changed is self-modified.
-                        if h.undo.is_none() && !h.is_deleted() {
+                        // one it changed is self-modified. ON CONFLICT (READ COMMITTED without
+                        // FIND_LAST_VERSION, see below) means the newest version, which heap
+                        // would find created by this command: invisible too. Above READ
+                        // COMMITTED it cannot be told from a BEFORE trigger's lock of the old
+                        // version, which must be self-modified.
+                        let on_conflict = !find_last
+                            && pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32;
+                        if !h.is_deleted() && (h.undo.is_none() || on_conflict) {
                             super::fetch::store_copy(rel, row, t, slot);
                             return pg_sys::TM_Result::TM_Invisible;
                         }
