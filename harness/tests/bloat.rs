@@ -134,7 +134,23 @@ fn batched(cl: &mut Client, rows: i64, stmt: &str) -> Result<()> {
 fn batched_updates_and_deletes_stay_within_bounds() -> Result<()> {
     const ROUNDS: i64 = 10;
     let rows = bloat_rows();
-    let (c, mut cl) = cluster_with_db_conf("bloat-issue4", CONF)?;
+    // By default autovacuum is off and torii.vacuum (or VACUUM) runs after the deletes and
+    // after the inserts of each round. TORII_BLOAT_AUTOVACUUM=1 leaves the cleaning to
+    // autovacuum (naptime 1 s) and torii's own discard during writes: a measurement, not yet
+    // within the bound (see the README's limitations).
+    let auto = std::env::var("TORII_BLOAT_AUTOVACUUM")
+        .map(|v| v == "1")
+        .unwrap_or(false);
+    let conf: &[&str] = if auto {
+        &[
+            "autovacuum = on",
+            "autovacuum_naptime = 1s",
+            "synchronous_commit = off",
+        ]
+    } else {
+        CONF
+    };
+    let (c, mut cl) = cluster_with_db_conf("bloat-issue4", conf)?;
     let mut tables = vec![("t".to_string(), am())];
     if std::env::var("TORII_BLOAT_HEAP")
         .map(|v| v == "1")
@@ -147,10 +163,15 @@ fn batched_updates_and_deletes_stay_within_bounds() -> Result<()> {
     }
     let fresh = sql::relation_size(&mut cl, "t")?;
     println!(
-        "{} rows, {} freshly loaded: {} pages (TORII_BLOAT_HEAP=1 adds a heap table)",
+        "{} rows, {} freshly loaded: {} pages (TORII_BLOAT_HEAP=1 adds a heap table); {}",
         thousands(rows as u64),
         am(),
-        pages(fresh)
+        pages(fresh),
+        if auto {
+            "autovacuum on"
+        } else {
+            "autovacuum off, a vacuum after the deletes and after the inserts"
+        }
     );
     println!("round  size pages  ratio   data  undo  free   seconds");
     let mut worst = 1.0f64;
@@ -170,7 +191,9 @@ fn batched_updates_and_deletes_stay_within_bounds() -> Result<()> {
                     round % 2
                 ),
             )?;
-            vacuum_table(&mut cl, t)?;
+            if !auto {
+                vacuum_table(&mut cl, t)?;
+            }
             batched(
                 &mut cl,
                 rows,
@@ -180,7 +203,9 @@ fn batched_updates_and_deletes_stay_within_bounds() -> Result<()> {
                     round % 2
                 ),
             )?;
-            vacuum_table(&mut cl, t)?;
+            if !auto {
+                vacuum_table(&mut cl, t)?;
+            }
             let dt = t0.elapsed();
             let size = sql::relation_size(&mut cl, t)?;
             let ratio = size as f64 / fresh as f64;
@@ -212,7 +237,7 @@ fn batched_updates_and_deletes_stay_within_bounds() -> Result<()> {
         );
     }
     // Checked after all rounds, so that the printed figures show the whole trend.
-    if is_torii() {
+    if is_torii() && !auto {
         assert!(
             worst <= 1.2,
             "the table grew to {worst:.2} x its freshly loaded size ({} pages), more than 1.2 x",
@@ -245,7 +270,7 @@ fn batched_updates_and_deletes_stay_within_bounds() -> Result<()> {
         pages(after)
     );
     assert!(
-        after <= before,
+        auto || after <= before,
         "inserting the deleted rows again after VACUUM grew the table from {} to {} pages",
         pages(before),
         pages(after)

@@ -84,9 +84,9 @@ unsafe fn copy_row(old: pg_sys::Relation, new: pg_sys::Relation, row: &[u8], fre
         ..Default::default()
     };
     pg_sys::heap_deform_tuple(&mut tup, old_desc, values.as_mut_ptr(), isnull.as_mut_ptr());
-    for i in 0..natts {
+    for (i, null) in isnull.iter_mut().enumerate().take(natts) {
         if (*(*new_desc).attrs.as_ptr().add(i)).attisdropped {
-            isnull[i] = true;
+            *null = true;
         }
     }
     let formed = pg_sys::heap_form_tuple(new_desc, values.as_mut_ptr(), isnull.as_mut_ptr());
@@ -264,7 +264,7 @@ pub unsafe extern "C-unwind" fn relation_needs_toast_table(rel: pg_sys::Relation
 
 #[pg_guard]
 pub unsafe extern "C-unwind" fn relation_toast_am(_rel: pg_sys::Relation) -> pg_sys::Oid {
-    pg_sys::Oid::from(pg_sys::HEAP_TABLE_AM_OID)
+    pg_sys::HEAP_TABLE_AM_OID
 }
 
 #[pg_guard]

@@ -136,6 +136,9 @@ unsafe fn never_visible(rel: pg_sys::Relation, tid: &pg_sys::ItemPointerData) ->
 }
 
 /// Stores a palloc'd copy of `row` in `slot` (freed with the slot's contents).
+///
+/// # Safety
+/// `rel` must be an open relation and `slot` a valid heap tuple slot.
 pub unsafe fn store_copy(
     rel: pg_sys::Relation,
     row: &[u8],

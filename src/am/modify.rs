@@ -34,6 +34,10 @@ unsafe fn prepare_row(
 
 /// The bytes to store for heap tuple `tup` in `rel`: TOASTed like heap does (into `rel`'s
 /// TOAST table) and stamped with the version header.
+///
+/// # Safety
+/// `rel` must be an open relation, `tup` a valid heap tuple for it and `old` null or a valid
+/// heap tuple.
 pub unsafe fn form_stored_row(
     rel: pg_sys::Relation,
     tup: pg_sys::HeapTuple,
@@ -144,6 +148,10 @@ unsafe fn place_rows(
 
 /// Inserts one slot; a speculative insertion (ON CONFLICT) marks the row with its token
 /// until `tuple_complete_speculative`.
+///
+/// # Safety
+/// `rel` must be open with at least RowExclusiveLock, `slot` a valid slot holding a row of it,
+/// and `bistate` null or a live bulk insert state.
 pub unsafe fn insert_slot(
     rel: pg_sys::Relation,
     slot: *mut pg_sys::TupleTableSlot,
@@ -169,21 +177,31 @@ pub unsafe fn insert_slot(
 }
 
 /// Places already formed row bytes (the new version of a cold update) and returns its TID.
+///
+/// # Safety
+/// `rel` must be open with at least RowExclusiveLock and `bytes` a row formed for it by
+/// [`form_stored_row`].
 pub unsafe fn insert_row_bytes(rel: pg_sys::Relation, bytes: &[u8]) -> pg_sys::ItemPointerData {
     let target = pages::find_room(rel, bytes.len(), std::ptr::null_mut());
     let offs = add_noted(rel, &target, &[bytes]);
     tid(target.buf.block(), offs[0])
 }
 
+/// The top-level xid the set belongs to, and the blocks it noted: (relfilenode, block, writer xid).
+type NotedBlocks = (u64, std::collections::HashSet<(u32, u32, u64)>);
+
 thread_local! {
     /// Blocks this transaction already noted in undo: (relfilenode, block, writer xid).
-    static NOTED: std::cell::RefCell<(u64, std::collections::HashSet<(u32, u32, u64)>)> =
+    static NOTED: std::cell::RefCell<NotedBlocks> =
         std::cell::RefCell::new((0, std::collections::HashSet::new()));
 }
 
 /// Forgets the blocks noted for `rel`: a truncation in place (of a table created in this
 /// transaction) empties the file and its undo, so the next rows in those blocks need notes anew.
-pub fn forget_noted(rel: pg_sys::Relation) {
+///
+/// # Safety
+/// `rel` must be an open relation.
+pub unsafe fn forget_noted(rel: pg_sys::Relation) {
     // SAFETY: reading the relation's file number from a live relcache entry.
     let node: u32 = unsafe { (*rel).rd_node.relNode.into() };
     NOTED.with(|n| n.borrow_mut().1.retain(|k| k.0 != node));

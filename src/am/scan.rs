@@ -153,7 +153,10 @@ impl ToriiScan {
     }
 
     /// Points the scan's HeapTupleData at visible version `i` and stores it in `slot`.
-    pub fn store(&mut self, i: usize, slot: *mut pg_sys::TupleTableSlot) {
+    ///
+    /// # Safety
+    /// `slot` must be a valid heap tuple slot.
+    pub unsafe fn store(&mut self, i: usize, slot: *mut pg_sys::TupleTableSlot) {
         let (off, ptr, len) = (self.vis[i], self.vis_ptr[i], self.vis_len[i] as usize);
         self.tuple.t_len = len as u32;
         self.tuple.t_self = tid(self.cur_block, off);
@@ -174,6 +177,9 @@ unsafe fn count_scan(rel: pg_sys::Relation) {
 }
 
 /// `pgstat_should_count_relation`.
+///
+/// # Safety
+/// `rel` must be an open relation.
 pub unsafe fn should_count(rel: pg_sys::Relation) -> bool {
     if !(*rel).pgstat_info.is_null() {
         return true;
@@ -646,6 +652,11 @@ pub unsafe extern "C-unwind" fn scan_analyze_next_tuple(
         scan.sample_off += 1;
         let off = scan.sample_off;
         if scan.row(off).is_none() {
+            // Like heap: a dead pointer (a row removed, its index entries not yet) is a dead
+            // row, so that autovacuum's n_dead_tup still sees it after ANALYZE.
+            if page::line_pointer(scan.page(), off as usize).flags == page::LP_DEAD {
+                *deadrows += 1.0;
+            }
             continue;
         }
         // The scan's snapshot kind for ANALYZE is the build mode: rows whose writer did not

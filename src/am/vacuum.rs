@@ -37,6 +37,8 @@ pub struct VacuumStats {
     pub dead_pointers_freed: i64,
     pub horizon_before: i64,
     pub horizon_after: i64,
+    /// Every index got its bulk delete and `amvacuumcleanup` already.
+    pub indexes_cleaned: bool,
 }
 
 /// The oldest xid any snapshot may still need, as a full xid.
@@ -86,7 +88,7 @@ unsafe fn settle(
                 .filter(|&o| {
                     row_at(p, o).is_some_and(|row| {
                         let h = RowHeader::read(row);
-                        h.xid == r.xid && h.undo.is_none() || h.xid == r.xid && h.is_speculative()
+                        h.xid == r.xid && (h.undo.is_none() || h.is_speculative())
                     })
                 })
                 .collect();
@@ -455,6 +457,7 @@ unsafe fn clean_dead_pointers(
             }
         }
         pg_sys::vac_close_indexes(nindexes, irel, pg_sys::NoLock as i32);
+        st.indexes_cleaned = true;
         // Index entries are gone: the pointers can be reused.
         let mut i = 0;
         while i < dead.len() {
@@ -513,6 +516,24 @@ pub unsafe fn vacuum(
         clean_dead_pointers(rel, bstrategy, &mut st);
     }
     st
+}
+
+/// Tells the statistics system that `rel` was vacuumed (`last_vacuum`/`last_autovacuum`, and
+/// `n_dead_tup` back to 0: deleted rows were reclaimed and dead pointers freed, or they are
+/// counted again when discard or ANALYZE meets them). No rows were counted, so the live count
+/// stays what the statistics system has.
+///
+/// # Safety
+/// `rel` must be an open relation.
+unsafe fn report_vacuum_stats(rel: pg_sys::Relation) {
+    let relid = (*rel).rd_id;
+    let entry = pg_sys::pgstat_fetch_stat_tabentry(relid);
+    let live = if entry.is_null() {
+        ((*(*rel).rd_rel).reltuples as i64).max(0)
+    } else {
+        (*entry).n_live_tuples
+    };
+    pg_sys::pgstat_report_vacuum(relid, (*(*rel).rd_rel).relisshared, live, 0);
 }
 
 /// What index AMs are told about a VACUUM of `rel` (row count estimated, quiet).
@@ -612,7 +633,8 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
         );
     }
     let st = vacuum(rel, bstrategy);
-    if (*params).index_cleanup != pg_sys::VacOptValue::VACOPTVALUE_DISABLED {
+    // After a bulk delete the indexes had their cleanup; a second one would rescan them.
+    if (*params).index_cleanup != pg_sys::VacOptValue::VACOPTVALUE_DISABLED && !st.indexes_cleaned {
         cleanup_indexes(rel, bstrategy);
     }
     if (*params).truncate != pg_sys::VacOptValue::VACOPTVALUE_DISABLED {
@@ -646,6 +668,7 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
         std::ptr::null_mut(),
         false,
     );
+    report_vacuum_stats(rel);
     let _ = tid;
     debug1!(
         "torii: vacuum of \"{}\": {:?}",

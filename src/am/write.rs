@@ -50,9 +50,12 @@ fn change_conflicts(h: &RowHeader, mode: pg_sys::LockTupleMode::Type) -> bool {
     exclusive || mode != pg_sys::LockTupleMode::LockTupleKeyShare
 }
 
+/// (relation, block, offset) -> (our top-level xid, the writer of the version we locked).
+type LockedVersions = HashMap<(u32, u32, u16), (u64, u64)>;
+
 thread_local! {
     /// (relation, block, offset) -> (our top-level xid, the writer of the version we locked).
-    static LOCKED_VERSIONS: RefCell<HashMap<(u32, u32, u16), (u64, u64)>> =
+    static LOCKED_VERSIONS: RefCell<LockedVersions> =
         RefCell::new(HashMap::new());
 }
 

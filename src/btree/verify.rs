@@ -395,12 +395,12 @@ unsafe fn check_heap(
             // Not visible: it must at least exist as a row version (dead rows keep entries
             // until VACUUM).
             let mut ip = to_item_pointer(*t);
-            if !pg_sys::table_index_fetch_tuple_check(
+            if !(pg_sys::table_index_fetch_tuple_check(
                 heap,
                 &mut ip,
                 &raw mut pg_sys::SnapshotAnyData,
                 std::ptr::null_mut(),
-            ) && !(crate::am::is_torii(heap) && torii_slot_in_use(heap, t.blk, t.off))
+            ) || crate::am::is_torii(heap) && torii_slot_in_use(heap, t.blk, t.off))
             {
                 out.push((
                     *leaf as i64,

@@ -157,7 +157,8 @@ fn torii_stats(
         }
     }
     let raw = r.as_ptr();
-    let n = pages::nblocks(raw);
+    // SAFETY: raw is the relation `r` holds open.
+    let n = unsafe { pages::nblocks(raw) };
     let (mut data, mut undo, mut free) = (0i64, 0i64, 0i64);
     let (mut live, mut dead, mut dead_lp, mut free_bytes) = (0i64, 0i64, 0i64, 0i64);
     let (mut undo_recs, mut undo_bytes) = (0i64, 0i64);

@@ -154,7 +154,8 @@ fn verify(rel: PgRelation) -> TableIterator<'static, (name!(blkno, i64), name!(p
         }
     }
     let mut out = vec![];
-    let n = pages::nblocks(raw);
+    // SAFETY: raw is the relation `rel` holds open.
+    let n = unsafe { pages::nblocks(raw) };
     for blk in 0..n {
         pgrx::check_for_interrupts!();
         // SAFETY: blk is inside the relation; the guard releases pin and lock.

@@ -96,7 +96,10 @@ pub fn remember_written(rel: pg_sys::Relation, buf: pg_sys::Buffer, blk: u32) {
 
 /// Checks a page image, raising XX001 when it is damaged. Returns false for a new (all-zero)
 /// page, which holds nothing.
-pub fn check(rel: pg_sys::Relation, blk: u32, p: &[u8]) -> bool {
+///
+/// # Safety
+/// `rel` must be an open relation.
+pub unsafe fn check(rel: pg_sys::Relation, blk: u32, p: &[u8]) -> bool {
     if page::is_new(p) {
         return false;
     }
@@ -109,7 +112,10 @@ pub fn check(rel: pg_sys::Relation, blk: u32, p: &[u8]) -> bool {
 
 /// Checks a locked page, raising XX001 when it is damaged. Returns false for a new (all-zero)
 /// page, which holds nothing.
-pub fn check_locked(rel: pg_sys::Relation, b: &LockedBuffer) -> bool {
+///
+/// # Safety
+/// `rel` must be an open relation and `b` a buffer of it.
+pub unsafe fn check_locked(rel: pg_sys::Relation, b: &LockedBuffer) -> bool {
     let p = b.page();
     if known_good(rel, b, p) {
         return true;
@@ -170,7 +176,10 @@ pub unsafe fn copy_page(
 }
 
 /// Number of blocks of the main fork.
-pub fn nblocks(rel: pg_sys::Relation) -> u32 {
+///
+/// # Safety
+/// `rel` must be an open relation.
+pub unsafe fn nblocks(rel: pg_sys::Relation) -> u32 {
     // SAFETY: rel is open.
     unsafe { pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) }
 }
@@ -274,8 +283,8 @@ pub fn fits(p: &[u8], len: usize) -> bool {
     let lps = page::line_pointer_count(p);
     let free = page::pd_upper(p) - page::pd_lower(p);
     if lps >= page::MAX_ROWS_PER_PAGE {
-        // Only a recycled line pointer can take the row.
-        return false;
+        // Only a recycled line pointer can take the row (PageAddItem reuses one first).
+        return has_unused_pointer(p) && free >= len.next_multiple_of(8);
     }
     free >= space_needed(len)
 }
@@ -300,6 +309,11 @@ pub unsafe fn fillfactor_reserve(rel: pg_sys::Relation) -> usize {
 /// Largest request the free space map takes (`MaxFSMRequestSize`, i.e. heap's
 /// MaxHeapTupleSize); a larger one goes straight to a new page, as heap does.
 const MAX_FSM_REQUEST: usize = 8160;
+
+/// Whether a page has a line pointer VACUUM made reusable.
+fn has_unused_pointer(p: &[u8]) -> bool {
+    (1..=page::line_pointer_count(p)).any(|o| page::line_pointer(p, o).flags == page::LP_UNUSED)
+}
 
 /// Whether an undo page takes another record of `len` bytes (no slot limit there).
 pub fn fits_undo(p: &[u8], len: usize) -> bool {
@@ -339,8 +353,12 @@ pub unsafe fn find_room(
         nblocks = self::nblocks(rel);
         blk = pg_sys::GetPageWithFreeSpace(rel, request);
     }
+    // Like heap, follow the free space map until it has nothing: every page that turns out
+    // too full corrects its entry, so stale entries (pages refilled since their space was
+    // recorded) are used up rather than left to make every later insert extend the file.
+    // The cap only guards against a map that keeps answering the same page.
     let mut tries = 0;
-    while blk != pg_sys::InvalidBlockNumber && blk != 0 && blk < nblocks && tries < 8 {
+    while blk != pg_sys::InvalidBlockNumber && blk != 0 && blk < nblocks && tries < 10_000 {
         tries += 1;
         let b = LockedBuffer::read(rel, blk, Lock::Exclusive, strategy);
         let p = b.page();
@@ -367,7 +385,10 @@ pub unsafe fn find_room(
                 format: false,
             };
         }
-        let free = if page::kind(p) == Some(PageKind::Data) {
+        // A page whose line pointers are all taken has no room, whatever its free bytes.
+        let free = if page::kind(p) == Some(PageKind::Data)
+            && (page::line_pointer_count(p) < page::MAX_ROWS_PER_PAGE || has_unused_pointer(p))
+        {
             page::free_space(p)
         } else {
             0
@@ -387,7 +408,10 @@ pub unsafe fn find_room(
 }
 
 /// Tells the free space map what is left on a page we filled.
-pub fn record_free(rel: pg_sys::Relation, blk: u32, p: &[u8]) {
+///
+/// # Safety
+/// `rel` must be an open relation and `blk` one of its blocks.
+pub unsafe fn record_free(rel: pg_sys::Relation, blk: u32, p: &[u8]) {
     // SAFETY: rel is open.
     unsafe { pg_sys::RecordPageWithFreeSpace(rel, blk, page::free_space(p)) }
 }

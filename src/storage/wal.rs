@@ -91,7 +91,10 @@ impl Drop for PageEdit {
 }
 
 /// Formats block 0 as the metapage.
-pub fn init_metapage(rel: pg_sys::Relation, buf: &LockedBuffer, horizon: u64) {
+///
+/// # Safety
+/// `rel` must be an open relation and `buf` its block 0, exclusively locked.
+pub unsafe fn init_metapage(rel: pg_sys::Relation, buf: &LockedBuffer, horizon: u64) {
     // SAFETY: rel is open, buf exclusively locked.
     let mut e = unsafe { PageEdit::start(rel) };
     let i = e.register(buf, true);
@@ -101,7 +104,10 @@ pub fn init_metapage(rel: pg_sys::Relation, buf: &LockedBuffer, horizon: u64) {
 
 /// Adds rows to a data page (formatting it first when `format` is set) in one record, and
 /// returns their offsets. The caller has checked that they fit.
-pub fn add_rows(
+///
+/// # Safety
+/// `rel` must be an open relation and `buf` a buffer of it, exclusively locked.
+pub unsafe fn add_rows(
     rel: pg_sys::Relation,
     buf: &LockedBuffer,
     format: bool,
@@ -155,7 +161,11 @@ pub fn growth_needed(p: &[u8], off: u16, len: usize) -> usize {
 /// `make_row` from the record's undo pointer) over row `off` of the locked data page: one WAL
 /// record over the data page, the undo tail, and — when a new undo page is linked in — that
 /// page and the metapage.
-pub fn change_row(
+///
+/// # Safety
+/// `rel` must be an open relation; `data` and the buffers of `space` must be its buffers,
+/// exclusively locked.
+pub unsafe fn change_row(
     rel: pg_sys::Relation,
     data: &LockedBuffer,
     off: u16,
@@ -218,7 +228,11 @@ fn append_undo(e: &mut PageEdit, space: &super::undo::UndoSpace, record: &[u8]) 
 
 /// Adds rows to a data page like [`add_rows`], and in the same WAL record the insert note
 /// `note` to the undo log (see `UndoKind::Insert`).
-pub fn add_rows_noted(
+///
+/// # Safety
+/// `rel` must be an open relation; `buf` and the buffers of `space` must be its buffers,
+/// exclusively locked.
+pub unsafe fn add_rows_noted(
     rel: pg_sys::Relation,
     buf: &LockedBuffer,
     format: bool,
@@ -277,7 +291,10 @@ fn add_item(img: &mut [u8], item: &[u8]) -> u16 {
 
 /// Overwrites row `off` without an undo record: rollback on touch (restoring an aborted
 /// change's previous image), confirming a speculative insertion, marking a row locked.
-pub fn overwrite_row(rel: pg_sys::Relation, data: &LockedBuffer, off: u16, bytes: &[u8]) {
+///
+/// # Safety
+/// `rel` must be an open relation and `data` a buffer of it, exclusively locked.
+pub unsafe fn overwrite_row(rel: pg_sys::Relation, data: &LockedBuffer, off: u16, bytes: &[u8]) {
     // SAFETY: rel is open; data is exclusively locked.
     let mut e = unsafe { PageEdit::start(rel) };
     let di = e.register(data, false);
@@ -287,7 +304,10 @@ pub fn overwrite_row(rel: pg_sys::Relation, data: &LockedBuffer, off: u16, bytes
 
 /// Applies `f` to the image of a locked page in one WAL record (pruning, setting line
 /// pointers unused, unlinking undo pages).
-pub fn edit_page(rel: pg_sys::Relation, buf: &LockedBuffer, f: impl FnOnce(&mut [u8])) {
+///
+/// # Safety
+/// `rel` must be an open relation and `buf` a buffer of it, exclusively locked.
+pub unsafe fn edit_page(rel: pg_sys::Relation, buf: &LockedBuffer, f: impl FnOnce(&mut [u8])) {
     // SAFETY: rel is open; buf is exclusively locked.
     let mut e = unsafe { PageEdit::start(rel) };
     let i = e.register(buf, false);
@@ -296,7 +316,14 @@ pub fn edit_page(rel: pg_sys::Relation, buf: &LockedBuffer, f: impl FnOnce(&mut 
 }
 
 /// Applies `f` to the images of up to four locked pages in one WAL record.
-pub fn edit_pages(rel: pg_sys::Relation, bufs: &[&LockedBuffer], f: impl FnOnce(&mut [&mut [u8]])) {
+///
+/// # Safety
+/// `rel` must be an open relation and `bufs` buffers of it, exclusively locked.
+pub unsafe fn edit_pages(
+    rel: pg_sys::Relation,
+    bufs: &[&LockedBuffer],
+    f: impl FnOnce(&mut [&mut [u8]]),
+) {
     // SAFETY: rel is open; every buffer is exclusively locked.
     let mut e = unsafe { PageEdit::start(rel) };
     let idx: Vec<usize> = bufs.iter().map(|b| e.register(b, false)).collect();
@@ -312,7 +339,11 @@ pub fn edit_pages(rel: pg_sys::Relation, bufs: &[&LockedBuffer], f: impl FnOnce(
 
 /// Marks row `off` dead (a speculative insertion that lost, an aborted insert): no snapshot
 /// sees it any more, and its line pointer stays until the indexes forget it.
-pub fn kill_row(rel: pg_sys::Relation, data: &LockedBuffer, off: u16) {
+///
+/// # Safety
+/// `rel` must be an open relation with a metapage and `data` a buffer of it, exclusively
+/// locked.
+pub unsafe fn kill_row(rel: pg_sys::Relation, data: &LockedBuffer, off: u16) {
     // The metapage counts the dead pointer (VACUUM then removes its index entries); it is
     // locked after the data page, as the lock order says, and changed in the same record.
     // SAFETY: rel is open with a metapage (the row exists); data is exclusively locked.

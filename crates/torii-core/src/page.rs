@@ -133,7 +133,7 @@ pub struct Special {
 pub const NO_BLOCK: u32 = u32::MAX;
 
 const _: () = assert!(SPECIAL_OFFSET + SPECIAL_SIZE == BLCKSZ);
-const _: () = assert!(SPECIAL_OFFSET % 8 == 0);
+const _: () = assert!(SPECIAL_OFFSET.is_multiple_of(8));
 
 fn rd_u16(p: &[u8], off: usize) -> u16 {
     u16::from_ne_bytes([p[off], p[off + 1]])

@@ -196,7 +196,7 @@ pub fn validate(row: &[u8]) -> Result<RowHeader, RowError> {
         0
     };
     let hoff = h.hoff as usize;
-    if hoff < HEADER_SIZE + bitmap || hoff > row.len() || hoff % 8 != 0 {
+    if hoff < HEADER_SIZE + bitmap || hoff > row.len() || !hoff.is_multiple_of(8) {
         return Err(RowError::BadHoff {
             hoff,
             len: row.len(),
