@@ -164,22 +164,19 @@ pub unsafe extern "C-unwind" fn relation_copy_for_cluster(
         pg_sys::index_rescan(iscan, std::ptr::null_mut(), 0, std::ptr::null_mut(), 0);
         let build = Snap::of_kind(BUILD);
         while pg_sys::index_getnext_slot(iscan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
-            let mut should_free = false;
-            let tup = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
-            // The index scan with SnapshotAny returned the stored row; copy the version
-            // whose writer did not abort.
-            let row = std::slice::from_raw_parts((*tup).t_data as *const u8, (*tup).t_len as usize);
-            copy_version(
-                old,
-                new,
-                &build,
-                row,
-                freeze_below,
-                num_tuples,
-                tups_vacuumed,
-            );
-            if should_free {
-                pg_sys::heap_freetuple(tup);
+            // The index gives the order; the version to copy is decided on the row as stored,
+            // as the sequential path does: the slot holds SnapshotAny's answer, which for a
+            // deleted or moved row is its last image without the deletion.
+            if let Some(row) = super::fetch::stored_row(old, &(*slot).tts_tid) {
+                copy_version(
+                    old,
+                    new,
+                    &build,
+                    &row,
+                    freeze_below,
+                    num_tuples,
+                    tups_vacuumed,
+                );
             }
         }
         pg_sys::index_endscan(iscan);

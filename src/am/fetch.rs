@@ -8,7 +8,7 @@ use crate::storage::buffer::Lock;
 use crate::storage::{pages, tid_parts};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use torii_core::page::{self, PageKind, LP_NORMAL};
+use torii_core::page::{self, PageKind, LP_DEAD, LP_NORMAL};
 
 /// Reads the row at `tid` if `snapshot` sees it, and stores a copy in `slot`.
 unsafe fn fetch_into(
@@ -57,6 +57,82 @@ unsafe fn fetch_into(
     }
     store_copy(rel, &v, *tid, slot);
     true
+}
+
+/// A copy of the row stored at `tid` as it is on the page (no visibility applied), if its
+/// line pointer is normal.
+///
+/// # Safety
+/// `rel` must be an open torii table.
+pub unsafe fn stored_row(rel: pg_sys::Relation, tid: &pg_sys::ItemPointerData) -> Option<Vec<u8>> {
+    let (blk, off) = tid_parts(tid);
+    if blk == 0 || off == 0 || blk >= pages::nblocks(rel) {
+        return None;
+    }
+    let (b, valid) = pages::read_verified(rel, blk, Lock::Share, std::ptr::null_mut());
+    let p = b.page();
+    if !valid || page::kind(p) != Some(PageKind::Data) || off as usize > page::line_pointer_count(p)
+    {
+        return None;
+    }
+    let lp = page::line_pointer(p, off as usize);
+    if lp.flags != LP_NORMAL || lp.off + lp.len > page::SPECIAL_OFFSET {
+        return None;
+    }
+    let row = &p[lp.off..lp.off + lp.len];
+    if let Err(e) = torii_core::row::validate(row) {
+        pages::report_corrupt(
+            rel,
+            blk,
+            &page::PageError::Malformed(format!("row {off}: {e}")),
+        );
+    }
+    Some(row.to_vec())
+}
+
+/// True if no snapshot, now or later, can see any version at `tid`: its line pointer is dead;
+/// or it holds a row inserted by a transaction that aborted (an insert has no previous
+/// version, and rollback never brings an aborted insert back); or a row whose delete (or move
+/// away) committed before every snapshot's horizon (heap's "surely dead"). Then the index AM
+/// may kill the entry (kill_prior_tuple).
+///
+/// # Safety
+/// `rel` must be an open torii table.
+unsafe fn never_visible(rel: pg_sys::Relation, tid: &pg_sys::ItemPointerData) -> bool {
+    use super::visibility::{writer_status_in, WriterStatus};
+    let (blk, off) = tid_parts(tid);
+    if blk == 0 || off == 0 || blk >= pages::nblocks(rel) {
+        return false;
+    }
+    let (b, valid) = pages::read_verified(rel, blk, Lock::Share, std::ptr::null_mut());
+    let p = b.page();
+    if !valid || page::kind(p) != Some(PageKind::Data) || off as usize > page::line_pointer_count(p)
+    {
+        return false;
+    }
+    let lp = page::line_pointer(p, off as usize);
+    if lp.flags == LP_DEAD {
+        return true;
+    }
+    if lp.flags != LP_NORMAL
+        || lp.off + lp.len > page::SPECIAL_OFFSET
+        || lp.len < torii_core::row::HEADER_SIZE
+    {
+        return false;
+    }
+    let h = torii_core::row::RowHeader::read(&p[lp.off..lp.off + lp.len]);
+    drop(b);
+    if h.is_deleted() {
+        // Every older version is older than the delete, so invisible to everyone too.
+        let removable = h.xid == 0
+            || pg_sys::GlobalVisCheckRemovableFullXid(
+                rel,
+                pg_sys::FullTransactionId { value: h.xid },
+            );
+        return removable && writer_status_in(rel, h.xid) == WriterStatus::Committed;
+    }
+    let insert = h.undo.is_none() || h.is_speculative();
+    insert && writer_status_in(rel, h.xid) == WriterStatus::Aborted
 }
 
 /// Stores a palloc'd copy of `row` in `slot` (freed with the slot's contents).
@@ -112,8 +188,7 @@ pub unsafe extern "C-unwind" fn index_fetch_tuple(
     call_again: *mut bool,
     all_dead: *mut bool,
 ) -> bool {
-    // One version per TID is reachable from an index entry; never claim entries are dead
-    // (that would let btree remove them for good).
+    // One version per TID is reachable from an index entry.
     *call_again = false;
     if !all_dead.is_null() {
         *all_dead = false;
@@ -121,6 +196,11 @@ pub unsafe extern "C-unwind" fn index_fetch_tuple(
     let rel = (*scan).rel;
     let snap = Snap::new(snapshot);
     let found = fetch_into(rel, &*tid, &snap, slot);
+    if !found && !all_dead.is_null() {
+        // Lets the index AM mark the entry dead (kill_prior_tuple) when no snapshot can ever
+        // see a version behind it; otherwise entries are left for VACUUM.
+        *all_dead = never_visible(rel, &*tid);
+    }
     if found && super::scan::should_count(rel) {
         (*(*rel).pgstat_info).t_counts.t_tuples_fetched += 1;
     }

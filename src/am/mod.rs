@@ -7,6 +7,7 @@ pub mod fetch;
 pub mod index_build;
 pub mod modify;
 pub mod scan;
+pub mod transition;
 pub mod vacuum;
 pub mod visibility;
 pub mod write;

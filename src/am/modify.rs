@@ -118,9 +118,11 @@ unsafe fn place_rows(
             )
         };
         let mut batch: Vec<&[u8]> = Vec::new();
+        // find_room chose the page for the first row; later ones keep the fillfactor reserve.
+        let reserve = pages::fillfactor_reserve(rel);
         while i + batch.len() < rows.len() {
             let len = rows[i + batch.len()].bytes.len();
-            let need = pages::space_needed(len);
+            let need = pages::space_needed(len) + if batch.is_empty() { 0 } else { reserve };
             if nlp >= torii_core::page::MAX_ROWS_PER_PAGE || upper - lower < need {
                 break;
             }

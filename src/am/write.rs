@@ -115,6 +115,19 @@ impl Drop for TupleLock {
     }
 }
 
+/// Heap's forwarding TID for a row that moved to another partition
+/// (`ItemPointerSetMovedPartitions`: InvalidBlockNumber, MovedPartitionsOffsetNumber).
+const MOVED_PARTITIONS: (u32, u16) = (pg_sys::InvalidBlockNumber, 0xfffd);
+
+/// The error heap raises when the newest version of a row to lock is in another partition.
+fn moved_to_other_partition() {
+    pgrx::ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+        "tuple to be locked was already moved to another partition due to concurrent update"
+    );
+}
+
 /// The normal row at `off` of a locked page, or None.
 fn row_at(p: &[u8], off: u16) -> Option<&[u8]> {
     if off == 0 || off as usize > page::line_pointer_count(p) {
@@ -383,7 +396,7 @@ unsafe fn has_user_after_update_trigger(rel: pg_sys::Relation) -> bool {
 }
 
 /// Deletes the TOAST values of a row that is going away.
-unsafe fn toast_delete(rel: pg_sys::Relation, row_bytes: &[u8]) {
+unsafe fn toast_delete(rel: pg_sys::Relation, row_bytes: &[u8], is_speculative: bool) {
     let h = RowHeader::read(row_bytes);
     if h.infomask & pg_sys::HEAP_HASEXTERNAL as u16 == 0 {
         return;
@@ -394,7 +407,7 @@ unsafe fn toast_delete(rel: pg_sys::Relation, row_bytes: &[u8]) {
         t_tableOid: (*rel).rd_id,
         ..Default::default()
     };
-    crate::pg_extra::heap_toast_delete(rel, &mut tup, false);
+    crate::pg_extra::heap_toast_delete(rel, &mut tup, is_speculative);
 }
 
 #[pg_guard]
@@ -407,7 +420,7 @@ pub unsafe extern "C-unwind" fn tuple_delete(
     crosscheck: pg_sys::Snapshot,
     wait: bool,
     tmfd: *mut pg_sys::TM_FailureData,
-    _changing_part: bool,
+    changing_part: bool,
 ) -> pg_sys::TM_Result::Type {
     let t = *tidp;
     super::vacuum::maybe_discard(rel);
@@ -430,17 +443,31 @@ pub unsafe extern "C-unwind" fn tuple_delete(
     let (blk, _) = tid_parts(&t);
     let mut tt = t;
     crate::pg_extra::CheckForSerializableConflictIn(rel, &mut tt, blk);
-    apply_change(rel, t, &old, UndoKind::Delete, xid, cid, |ptr| {
+    // A row moving to another partition is marked moved, with heap's "moved partitions" TID
+    // as its forwarding TID: concurrent writers and lockers then get a serialization error
+    // instead of taking it for deleted.
+    let kind = if changing_part {
+        UndoKind::Moved
+    } else {
+        UndoKind::Delete
+    };
+    apply_change(rel, t, &old, kind, xid, cid, |ptr| {
         let mut new = old.clone();
         let mut h = RowHeader::read(&new);
         h.xid = xid;
         h.cid = cid;
         h.undo = ptr;
         h.infomask |= FLAG_DELETED;
+        if changing_part {
+            h.infomask |= FLAG_MOVED;
+        }
         h.write(&mut new);
+        if changing_part {
+            row::set_forward_tid(&mut new, MOVED_PARTITIONS.0, MOVED_PARTITIONS.1);
+        }
         new
     });
-    toast_delete(rel, &old);
+    toast_delete(rel, &old, false);
     pg_sys::pgstat_count_heap_delete(rel);
     pg_sys::TM_Result::TM_Ok
 }
@@ -534,7 +561,11 @@ pub unsafe extern "C-unwind" fn tuple_update(
     let flags_kept = RowHeader::read(&old).infomask
         & !(FLAG_DELETED | FLAG_MOVED | FLAG_SPECULATIVE)
         & row::TORII_FLAGS;
-    if !indexes_changed && fits && !has_user_after_update_trigger(rel) {
+    if !indexes_changed
+        && fits
+        && !has_user_after_update_trigger(rel)
+        && !super::transition::old_rows_captured(rel)
+    {
         apply_change(rel, t, &old, UndoKind::Update, xid, cid, |ptr| {
             restamp(new_bytes.clone(), xid, cid, ptr, flags_kept)
         });
@@ -643,6 +674,19 @@ pub unsafe extern "C-unwind" fn tuple_lock(
                 WriterStatus::Current => {
                     if !snapshot.is_null() && h.cid >= (*snapshot).curcid {
                         fill_tmfd(tmfd, t, &h, true);
+                        // As heap: a row this command inserted is invisible to it (ON CONFLICT
+                        // then reports a cardinality violation, reading xmin from the slot);
+                        // one it changed is self-modified. ON CONFLICT (READ COMMITTED without
+                        // FIND_LAST_VERSION, see below) means the newest version, which heap
+                        // would find created by this command: invisible too. Above READ
+                        // COMMITTED it cannot be told from a BEFORE trigger's lock of the old
+                        // version, which must be self-modified.
+                        let on_conflict = !find_last
+                            && pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32;
+                        if !h.is_deleted() && (h.undo.is_none() || on_conflict) {
+                            super::fetch::store_copy(rel, row, t, slot);
+                            return pg_sys::TM_Result::TM_Invisible;
+                        }
                         return pg_sys::TM_Result::TM_SelfModified;
                     }
                     if h.is_deleted() {
@@ -655,6 +699,11 @@ pub unsafe extern "C-unwind" fn tuple_lock(
                         fill_tmfd(tmfd, t, &h, false);
                         if h.is_moved() {
                             let (fb, fo) = row::forward_tid(row);
+                            if (fb, fo) == MOVED_PARTITIONS && find_last {
+                                // As heapam_tuple_lock: there is no newer version to lock here.
+                                drop(b);
+                                moved_to_other_partition();
+                            }
                             if find_last {
                                 t = tid(fb, fo);
                                 traversed = true;
@@ -764,6 +813,8 @@ pub unsafe extern "C-unwind" fn tuple_complete_speculative(
         let bytes = row.to_vec();
         wal::kill_row(rel, &b, off);
         drop(b);
-        toast_delete(rel, &bytes);
+        // As heap_abort_speculative: the values were inserted by this very command, which
+        // cannot delete them (they are invisible to it); the TOAST rows are super-deleted too.
+        toast_delete(rel, &bytes, true);
     }
 }

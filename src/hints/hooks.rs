@@ -193,18 +193,38 @@ unsafe fn stored_hints(query_id: i64) -> Option<String> {
     }
     IN_LOOKUP.with(|c| c.set(true));
     let _g = LookupGuard;
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT hints FROM torii.hint_store WHERE query_id = $1",
-                Some(1),
-                &[query_id.into()],
-            )?
-            .first()
-            .get_one::<String>()
-    })
-    .ok()
-    .flatten()
+    Spi::connect(|_client| lookup_read_only(query_id))
+}
+
+/// Runs the hint_store lookup through SPI as a read-only query, inside the caller's
+/// `Spi::connect`. Read-only matters: pgrx's own `select` runs non-read-only SPI once the
+/// transaction has an xid, and that does a `CommandCounterIncrement` and takes a new snapshot
+/// in the middle of whatever is being planned; e.g. ALTER TABLE ... DETACH PARTITION plans its
+/// foreign-key check between deleting the pg_inherits row and clearing relispartition, and the
+/// early CCI made the planner fail with "could not find tuple for parent of relation".
+///
+/// # Safety
+/// SPI must be connected; an active snapshot must be set.
+unsafe fn lookup_read_only(query_id: i64) -> Option<String> {
+    let mut argtypes = [pg_sys::INT8OID];
+    let mut values = [pg_sys::Datum::from(query_id)];
+    let rc = pg_sys::SPI_execute_with_args(
+        c"SELECT hints FROM torii.hint_store WHERE query_id = $1".as_ptr(),
+        1,
+        argtypes.as_mut_ptr(),
+        values.as_mut_ptr(),
+        std::ptr::null(),
+        true,
+        1,
+    );
+    let tt = pg_sys::SPI_tuptable;
+    if rc != pg_sys::SPI_OK_SELECT as i32 || tt.is_null() || pg_sys::SPI_processed == 0 {
+        return None;
+    }
+    let mut isnull = false;
+    let d = pg_sys::SPI_getbinval(*(*tt).vals, (*tt).tupdesc, 1, &mut isnull);
+    // Copied into a Rust String before SPI_finish frees the SPI memory.
+    String::from_datum(d, isnull)
 }
 
 /// The text of the statement being planned (a multi-statement string is cut

@@ -291,6 +291,27 @@ pub fn fits(p: &[u8], len: usize) -> bool {
     free >= space_needed(len)
 }
 
+/// Bytes an insert leaves free on a page that already holds rows: the table's `fillfactor`
+/// reserve, computed as heap's `RelationGetTargetPageFreeSpace` (in-place updates may then use
+/// it). A new page takes its first row whatever the fillfactor.
+///
+/// # Safety
+/// `rel` must be an open table (its rd_options, if any, are heap's StdRdOptions: PostgreSQL 15
+/// parses every table AM's reloptions with heap_reloptions).
+pub unsafe fn fillfactor_reserve(rel: pg_sys::Relation) -> usize {
+    let opts = (*rel).rd_options as *const pg_sys::StdRdOptions;
+    let ff = if opts.is_null() {
+        100
+    } else {
+        (*opts).fillfactor.clamp(10, 100) as usize
+    };
+    page::BLCKSZ * (100 - ff) / 100
+}
+
+/// Largest request the free space map takes (`MaxFSMRequestSize`, i.e. heap's
+/// MaxHeapTupleSize); a larger one goes straight to a new page, as heap does.
+const MAX_FSM_REQUEST: usize = 8160;
+
 /// Whether a page has a line pointer VACUUM made reusable.
 fn has_unused_pointer(p: &[u8]) -> bool {
     (1..=page::line_pointer_count(p)).any(|o| page::line_pointer(p, o).flags == page::LP_UNUSED)
@@ -326,10 +347,16 @@ pub unsafe fn find_room(
     let smgr = pg_sys::RelationGetSmgr(rel);
     let mut blk = (*smgr).smgr_targblock;
     let mut nblocks = u32::MAX;
-    if blk == pg_sys::InvalidBlockNumber || blk == 0 {
+    // Pages that hold rows must keep the fillfactor reserve after this one.
+    let reserve = fillfactor_reserve(rel);
+    let request = space_needed(len) + reserve;
+    if request > MAX_FSM_REQUEST {
+        ensure_metapage(rel);
+        blk = pg_sys::InvalidBlockNumber;
+    } else if blk == pg_sys::InvalidBlockNumber || blk == 0 {
         ensure_metapage(rel);
         nblocks = self::nblocks(rel);
-        blk = pg_sys::GetPageWithFreeSpace(rel, space_needed(len));
+        blk = pg_sys::GetPageWithFreeSpace(rel, request);
     }
     // Like heap, follow the free space map until it has nothing: every page that turns out
     // too full corrects its entry, so stale entries (pages refilled since their space was
@@ -371,7 +398,7 @@ pub unsafe fn find_room(
                 format: true,
             };
         }
-        if page::kind(p) == Some(PageKind::Data) && fits(p, len) {
+        if page::kind(p) == Some(PageKind::Data) && fits(p, len + reserve) {
             (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = blk;
             return Target {
                 buf: b,
@@ -387,7 +414,7 @@ pub unsafe fn find_room(
             0
         };
         drop(b);
-        blk = pg_sys::RecordAndGetPageWithFreeSpace(rel, blk, free, space_needed(len));
+        blk = pg_sys::RecordAndGetPageWithFreeSpace(rel, blk, free, request);
         if nblocks == u32::MAX {
             nblocks = self::nblocks(rel);
         }
