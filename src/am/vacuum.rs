@@ -656,10 +656,11 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
         pg_sys::TransactionId::from_inner(h as u32)
     };
     let nblocks = pages::nblocks(rel);
+    // VACUUM counts no rows: keep ANALYZE's estimate (-1 would make it unknown again).
     pg_sys::vac_update_relstats(
         rel,
         nblocks,
-        -1.0,
+        (*(*rel).rd_rel).reltuples as f64,
         0,
         (*(*rel).rd_rel).relhasindex,
         frozen,

@@ -721,13 +721,14 @@ pub unsafe extern "C-unwind" fn tuple_lock(
                         || mvcc_sees_change(rel, snapshot, h.xid, h.cid)
                         || locked_version_is(rel, blk, off, h.xid);
                     if !seen {
-                        if find_last {
-                            traversed = true;
-                        } else if mode == pg_sys::LockTupleMode::LockTupleKeyShare {
+                        if mode == pg_sys::LockTupleMode::LockTupleKeyShare {
                             // Every change kept at this TID is in place, and an in-place
                             // update changes no indexed (so no key) column: like heap after a
-                            // non-key update, KEY SHARE locks the version the snapshot sees.
+                            // non-key update, KEY SHARE locks the version the snapshot sees,
+                            // without following the row to its newest version.
                             head_is_version = false;
+                        } else if find_last {
+                            traversed = true;
                         } else if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
                             // The caller's snapshot must not lock a newer version.
                             fill_tmfd(tmfd, t, &h, false);
