@@ -173,7 +173,7 @@ fn batched_updates_and_deletes_stay_within_bounds() -> Result<()> {
             "autovacuum off, a vacuum after the deletes and after the inserts"
         }
     );
-    println!("round  size pages  ratio   data  undo  free   seconds");
+    println!("round  size pages  ratio   data  undo  free  dead-ptrs  free-MB  seconds");
     let mut worst = 1.0f64;
     for round in 1..=ROUNDS {
         for (t, _) in &tables {
@@ -211,14 +211,20 @@ fn batched_updates_and_deletes_stay_within_bounds() -> Result<()> {
             let ratio = size as f64 / fresh as f64;
             if t == "t" {
                 worst = worst.max(ratio);
-                let (d, u, f) = if is_torii() {
+                let (d, u, f, dp, fb) = if is_torii() {
                     let st = torii_stats(&mut cl, t)?;
-                    (st.data_pages, st.undo_pages, st.free_pages)
+                    (
+                        st.data_pages,
+                        st.undo_pages,
+                        st.free_pages,
+                        st.dead_pointers,
+                        st.free_bytes >> 20,
+                    )
                 } else {
-                    (0, 0, 0)
+                    (0, 0, 0, 0, 0)
                 };
                 println!(
-                    "{round:>5}  {:>10}  {ratio:>5.2}  {d:>5} {u:>5} {f:>5}   {:.1}",
+                    "{round:>5}  {:>10}  {ratio:>5.2}  {d:>5} {u:>5} {f:>5}  {dp:>9}  {fb:>7}  {:.1}",
                     pages(size),
                     dt.as_secs_f64()
                 );

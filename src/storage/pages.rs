@@ -329,8 +329,9 @@ pub struct Target {
     pub format: bool,
 }
 
-/// How many empty (undo-freed) pages an insert passes over looking for a data page with room.
-const EMPTY_PAGES_PASSED_OVER: u32 = 64;
+/// At most this many empty (undo-freed) pages an insert passes over looking for a data page
+/// with room (a guard: it stops earlier when the map comes back to one it passed over).
+const EMPTY_PAGES_PASSED_OVER: usize = 4096;
 
 /// Finds a data page with room for `len` bytes: the relation's cached target block, then the
 /// free space map, then a new block.
@@ -363,20 +364,24 @@ pub unsafe fn find_room(
     // recorded) are used up rather than left to make every later insert extend the file.
     // The cap only guards against a map that keeps answering the same page.
     let mut tries = 0;
-    // Empty pages freed by undo discard are passed over a few times in favour of data pages
-    // with room: left empty, they serve the next undo pages, which would otherwise extend the
-    // file while rows spread thinly over ever more data pages (churn of deletes and inserts).
-    let mut empty_skipped = 0;
+    // Empty pages freed by undo discard are passed over in favour of data pages with room:
+    // left empty, they serve the next undo pages, which would otherwise extend the file while
+    // rows spread thinly over ever more data pages (churn of deletes and inserts).
+    let mut passed_over: std::collections::HashSet<u32> = std::collections::HashSet::new();
     while blk != pg_sys::InvalidBlockNumber && blk != 0 && blk < nblocks && tries < 10_000 {
         tries += 1;
         let b = LockedBuffer::read(rel, blk, Lock::Exclusive, strategy);
         let p = b.page();
-        if page::kind(p) == Some(PageKind::Free) && empty_skipped < EMPTY_PAGES_PASSED_OVER {
-            empty_skipped += 1;
+        // The map searches on from the last answer, so meeting a passed-over page again means
+        // it went round without finding a data page with room: take the empty page then.
+        if page::kind(p) == Some(PageKind::Free)
+            && passed_over.len() < EMPTY_PAGES_PASSED_OVER
+            && passed_over.insert(blk)
+        {
             let free = page::free_space(p);
             drop(b);
             // The map keeps the page's true space and moves its search on past it.
-            blk = pg_sys::RecordAndGetPageWithFreeSpace(rel, blk, free, space_needed(len));
+            blk = pg_sys::RecordAndGetPageWithFreeSpace(rel, blk, free, request);
             if nblocks == u32::MAX {
                 nblocks = self::nblocks(rel);
             }
