@@ -1,18 +1,24 @@
-//! Table size under updates and deletes (autovacuum off): torii updates rows in place and
-//! recycles its undo, so its data pages must not grow the way a heap table does.
+//! Table size under updates and deletes: torii updates rows in place and recycles its undo,
+//! so its data pages must not grow the way a heap table does.
 //!
-//! * `in_place_updates_do_not_grow_data_pages`: 100,000 rows, 20 rounds of
+//! * `in_place_updates_do_not_grow_data_pages` (autovacuum off): 100,000 rows, 20 rounds of
 //!   `UPDATE t SET counter = counter + 1` (no indexed column): torii's data pages
 //!   (`torii.stats(t).data_pages`) stay within 1.1x of the initial data pages. Heap's growth and
 //!   torii's undo pages are printed beside it.
-//! * `batched_updates_and_deletes_stay_within_bounds` (issue 4): `TORII_BLOAT_ROWS` rows (default
-//!   200,000; the issue's figure is 1,000,000), 10 rounds of: update every row in batches of
-//!   10,000 rows per transaction, delete half of the rows, `torii.vacuum`, insert them again,
-//!   `torii.vacuum`. `pg_relation_size` stays within 1.2x of the freshly loaded size. Then, after
-//!   a VACUUM, inserting as many rows as were deleted does not grow the file.
+//! * `churn_cleaned_by_autovacuum_stays_within_bounds` (issue 4's acceptance): 1,000,000 rows
+//!   (`TORII_BLOAT_ROWS`), autovacuum on (naptime 1 s) and nothing else cleaning, 10 rounds of:
+//!   update every row in batches of 10,000 rows per transaction, delete half of the rows,
+//!   insert them again. `pg_relation_size` stays within 1.2x of the freshly loaded size. Then,
+//!   after a VACUUM, inserting as many rows as were deleted does not grow the file.
+//!   `TORII_BLOAT_HEAP=1` runs a heap table through the same rounds beside it.
+//! * `churn_with_vacuum_after_deletes_stays_within_bounds`: the same with 200,000 rows,
+//!   autovacuum off and `torii.vacuum` after the deletes and after the inserts (deterministic).
 //! * `undo_held_by_old_snapshot_is_discarded_after`: a REPEATABLE READ transaction held open
 //!   during 100,000 single-row update transactions makes undo grow (its snapshot still reads the
 //!   old values); once it ends, `torii.vacuum` brings `undo_bytes` under 1% of the peak.
+//! * `freed_undo_pages_serve_undo_then_inserts`: pages freed by discard go to the free-page
+//!   list; undo takes them first, inserts once the data pages are full; VACUUM's truncation
+//!   unlinks the pages it cuts off.
 //!
 //! Run with `-- --nocapture` to see the figures.
 
@@ -106,11 +112,12 @@ fn in_place_updates_do_not_grow_data_pages() -> Result<()> {
     c.assert_no_crash()
 }
 
-fn bloat_rows() -> i64 {
+/// Rows of the churn tests: `TORII_BLOAT_ROWS` if set, else `default`.
+fn bloat_rows(default: i64) -> i64 {
     std::env::var("TORII_BLOAT_ROWS")
         .ok()
         .and_then(|v| v.replace(['_', ','], "").parse().ok())
-        .unwrap_or(200_000)
+        .unwrap_or(default)
 }
 
 /// Run `stmt` (with `{lo}` and `{hi}`) once per batch of 10,000 ids in `1..=rows`, one
@@ -130,17 +137,24 @@ fn batched(cl: &mut Client, rows: i64, stmt: &str) -> Result<()> {
     Ok(())
 }
 
+/// Issue 4's acceptance: 1,000,000 rows, cleaned by autovacuum (naptime 1 s) and torii's own
+/// discard during writes alone.
 #[test]
-fn batched_updates_and_deletes_stay_within_bounds() -> Result<()> {
+fn churn_cleaned_by_autovacuum_stays_within_bounds() -> Result<()> {
+    churn("bloat-churn-auto", bloat_rows(1_000_000), true)
+}
+
+/// The same churn with autovacuum off and a `torii.vacuum` (or VACUUM) after the deletes and
+/// after the inserts of each round: deterministic.
+#[test]
+fn churn_with_vacuum_after_deletes_stays_within_bounds() -> Result<()> {
+    churn("bloat-churn-vacuum", bloat_rows(200_000), false)
+}
+
+/// `rows` rows, 10 rounds of: update every row in batches of 10,000, delete half of them,
+/// insert them again; the file stays within 1.2x of its freshly loaded size.
+fn churn(name: &str, rows: i64, auto: bool) -> Result<()> {
     const ROUNDS: i64 = 10;
-    let rows = bloat_rows();
-    // By default autovacuum is off and torii.vacuum (or VACUUM) runs after the deletes and
-    // after the inserts of each round (deterministic). TORII_BLOAT_AUTOVACUUM=1 leaves the
-    // cleaning to autovacuum (naptime 1 s) and torii's own discard during writes: 200,000 rows
-    // stay within the bound, 1,000,000 rows do not yet (README, limitations).
-    let auto = std::env::var("TORII_BLOAT_AUTOVACUUM")
-        .map(|v| v == "1")
-        .unwrap_or(false);
     let conf: &[&str] = if auto {
         &[
             "autovacuum = on",
@@ -150,7 +164,7 @@ fn batched_updates_and_deletes_stay_within_bounds() -> Result<()> {
     } else {
         CONF
     };
-    let (c, mut cl) = cluster_with_db_conf("bloat-issue4", conf)?;
+    let (c, mut cl) = cluster_with_db_conf(name, conf)?;
     let mut tables = vec![("t".to_string(), am())];
     if std::env::var("TORII_BLOAT_HEAP")
         .map(|v| v == "1")
@@ -385,6 +399,92 @@ fn undo_held_by_old_snapshot_is_discarded_after() -> Result<()> {
         "updates after the discard grew the file from {} to {} pages",
         pages(peak_size),
         pages(size_again)
+    );
+    assert_verify_clean(&mut cl, "t")?;
+    c.assert_no_crash()
+}
+
+/// Pages freed by undo discard go onto the metapage's free-page list: the next undo pages come
+/// from it, inserts take them only once the data pages are full, and VACUUM's tail truncation
+/// unlinks those it cuts off (torii.verify follows the list).
+#[test]
+fn freed_undo_pages_serve_undo_then_inserts() -> Result<()> {
+    if !is_torii() {
+        return Ok(());
+    }
+    const ROWS: i64 = 20_000;
+    let (c, mut cl) = cluster_with_db_conf("bloat-freelist", CONF)?;
+    create(&mut cl, "t", "torii", ROWS)?;
+    // One transaction's undo: about a hundred pages, freed by the discard.
+    cl.batch_execute("UPDATE t SET counter = counter + 1")?;
+    let v = torii_harness::testing::torii_vacuum(&mut cl, "t")?;
+    let st = torii_stats(&mut cl, "t")?;
+    println!("after the first update and torii.vacuum: {v:?}\n{st:?}");
+    assert!(v.undo_pages_freed > 50, "{v:?}");
+    assert!(st.free_pages >= v.undo_pages_freed - 1, "{st:?}");
+    let size0 = sql::relation_size(&mut cl, "t")?;
+
+    // Half as much undo again: it fits in the freed pages.
+    cl.batch_execute("UPDATE t SET counter = counter + 1 WHERE id % 2 = 0")?;
+    let size1 = sql::relation_size(&mut cl, "t")?;
+    let st1 = torii_stats(&mut cl, "t")?;
+    println!(
+        "second update: {} -> {} pages; {st1:?}",
+        pages(size0),
+        pages(size1)
+    );
+    assert_eq!(
+        size1, size0,
+        "undo extended the file instead of taking freed pages"
+    );
+    assert!(st1.free_pages < st.free_pages, "{st1:?}");
+    torii_harness::testing::torii_vacuum(&mut cl, "t")?;
+    assert_verify_clean(&mut cl, "t")?;
+
+    // The data pages are full: new rows go to freed pages before the file grows.
+    let st2 = torii_stats(&mut cl, "t")?;
+    cl.batch_execute(&format!(
+        "INSERT INTO t SELECT g, 0, md5(g::text) FROM generate_series({}, {}) g",
+        ROWS + 1,
+        ROWS + 2_000
+    ))?;
+    let size3 = sql::relation_size(&mut cl, "t")?;
+    let st3 = torii_stats(&mut cl, "t")?;
+    println!("2,000 inserts: {st2:?}\n -> {st3:?}");
+    assert_eq!(
+        size3, size0,
+        "inserts extended the file while freed pages were left"
+    );
+    assert!(
+        st3.data_pages > st2.data_pages && st3.free_pages < st2.free_pages,
+        "{st3:?}"
+    );
+    assert_verify_clean(&mut cl, "t")?;
+
+    // Deleting all but the first rows lets VACUUM cut the file: the list must not keep pages
+    // past the new end, and later inserts and undo still work.
+    cl.batch_execute("DELETE FROM t WHERE id > 1000")?;
+    cl.batch_execute("VACUUM t")?;
+    cl.batch_execute("VACUUM t")?;
+    let size4 = sql::relation_size(&mut cl, "t")?;
+    println!(
+        "after deleting all but 1,000 rows and VACUUM: {} pages",
+        pages(size4)
+    );
+    assert!(
+        size4 < size0 / 2,
+        "VACUUM did not truncate: {} pages",
+        pages(size4)
+    );
+    assert_verify_clean(&mut cl, "t")?;
+    cl.batch_execute(
+        "INSERT INTO t SELECT g, 0, md5(g::text) FROM generate_series(1001, 5000) g; \
+         UPDATE t SET counter = counter + 1",
+    )?;
+    torii_harness::testing::torii_vacuum(&mut cl, "t")?;
+    assert_eq!(
+        sql::result_text(&mut cl, "SELECT count(*), sum(counter) FROM t")?,
+        "5000|6500"
     );
     assert_verify_clean(&mut cl, "t")?;
     c.assert_no_crash()

@@ -230,12 +230,12 @@ pub unsafe extern "C-unwind" fn scan_begin(
     if flags & pg_sys::ScanOptions::SO_TYPE_SEQSCAN != 0 {
         count_scan(rel);
     }
-    // SERIALIZABLE: a scan that reads the whole table (or any of it, for bitmap and sample
-    // scans, more coarsely than heap's per-tuple locks) takes a relation predicate lock.
+    // SERIALIZABLE: a scan that reads the whole table (or any of it, for sample and TID range
+    // scans) takes a relation predicate lock, as heap's do. A bitmap scan locked the index
+    // pages of its predicate already and locks each row it returns (scan_bitmap_next_block).
     if flags
         & (pg_sys::ScanOptions::SO_TYPE_SEQSCAN
             | pg_sys::ScanOptions::SO_TYPE_SAMPLESCAN
-            | pg_sys::ScanOptions::SO_TYPE_BITMAPSCAN
             | pg_sys::ScanOptions::SO_TYPE_TIDRANGESCAN)
         != 0
         && !snapshot.is_null()
@@ -510,7 +510,29 @@ pub unsafe extern "C-unwind" fn scan_bitmap_next_block(
     } else {
         scan.load_visible(res.blockno);
     }
+    predicate_lock_visible(scan, res.blockno);
     scan.nvis > 0
+}
+
+/// SERIALIZABLE: a predicate lock on every row version a bitmap scan returns from the loaded
+/// page (heap's bitmap scans do the same; PredicateLockTID does nothing outside SERIALIZABLE).
+unsafe fn predicate_lock_visible(scan: &ToriiScan, blk: u32) {
+    let snapshot = scan.base.rs_snapshot;
+    if snapshot.is_null() || (*snapshot).snapshot_type != pg_sys::SnapshotType::SNAPSHOT_MVCC {
+        return;
+    }
+    for i in 0..scan.nvis {
+        // SAFETY: vis_ptr/vis_len describe a row version kept alive until the next page loads.
+        let row = std::slice::from_raw_parts(scan.vis_ptr[i], scan.vis_len[i] as usize);
+        let writer = torii_core::row::RowHeader::read(row).xid;
+        let mut t = crate::storage::tid(blk, scan.vis[i]);
+        crate::pg_extra::PredicateLockTID(
+            scan.rel(),
+            &mut t,
+            snapshot,
+            super::visibility::xid_of(writer),
+        );
+    }
 }
 
 #[pg_guard]

@@ -98,6 +98,8 @@ unsafe fn settle(
             st.rows_rolled_back += victims.len() as i64;
             kill_slots(rel, &b, &victims, st, meta_dead);
         }
+        // A committed in-place update leaves nothing to reclaim: the row holds a newer version.
+        UndoKind::Update if committed => {}
         UndoKind::Update | UndoKind::Delete | UndoKind::Moved => {
             let (b, valid) =
                 pages::read_verified(rel, r.tid_blk, Lock::Exclusive, std::ptr::null_mut());
@@ -347,14 +349,18 @@ unsafe fn discard_pages(rel: pg_sys::Relation, st: &mut VacuumStats) {
         m.undo_discarded += page::BLCKSZ as u64;
         m.pending_dead += dead_added;
         dead_added = 0;
+        // Onto the free-page list (not the free space map): undo takes these pages first, and
+        // inserts only once the data pages' own room is used up.
+        let free_next = m.free_head;
+        m.free_head = head;
         wal::edit_pages(rel, &[&hb, &mb], |imgs| {
             page::init_page(imgs[0], PageKind::Free);
+            page::set_next(imgs[0], free_next);
             m.write(imgs[1]);
         });
         st.undo_records_discarded += n as i64;
         st.undo_bytes_discarded += bytes;
         st.undo_pages_freed += 1;
-        pages::record_free(rel, head, hb.page());
     }
     if dead_added > 0 {
         let (mb, _) = pages::read_verified(rel, 0, Lock::Exclusive, std::ptr::null_mut());
@@ -421,6 +427,9 @@ unsafe fn clean_dead_pointers(
     st: &mut VacuumStats,
 ) {
     let nblocks = pages::nblocks(rel);
+    // Dead pointers counted before the scan; those discard adds meanwhile stay counted for
+    // the next VACUUM (the scan may have passed their pages).
+    let counted = read_meta(rel).pending_dead;
     let mut dead: Vec<i64> = Vec::new();
     let mut copy = vec![0u8; page::BLCKSZ];
     for blk in 1..nblocks {
@@ -485,7 +494,7 @@ unsafe fn clean_dead_pointers(
     }
     let (mb, _) = pages::read_verified(rel, 0, Lock::Exclusive, std::ptr::null_mut());
     let mut m = Meta::read(mb.page());
-    m.pending_dead = 0;
+    m.pending_dead = m.pending_dead.saturating_sub(counted);
     wal::edit_page(rel, &mb, |img| m.write(img));
     drop(mb);
     pg_sys::FreeSpaceMapVacuum(rel);
@@ -580,6 +589,9 @@ unsafe fn cleanup_indexes(rel: pg_sys::Relation, bstrategy: pg_sys::BufferAccess
     pg_sys::vac_close_indexes(nindexes, irel, pg_sys::NoLock as i32);
 }
 
+/// Empty pages at the end of a table VACUUM keeps for undo (unless the table is empty).
+const UNDO_RESERVE_PAGES: u32 = 8;
+
 /// Gives trailing free pages back to the file system, like heap's VACUUM, if the exclusive
 /// lock that needs can be had at once. A table with no rows and no undo left goes to zero
 /// blocks (the first insert writes a new metapage).
@@ -611,11 +623,50 @@ unsafe fn truncate_tail(rel: pg_sys::Relation) {
     }
     if keep == 1 && m.undo_head == NO_BLOCK && m.pending_dead == 0 {
         keep = 0;
+    } else {
+        // Leave a few empty pages for the next undo pages (and insert notes): cut to the last
+        // row, the first writes after the VACUUM would extend the file again at once.
+        keep = (keep + UNDO_RESERVE_PAGES).min(n);
     }
     if keep < n {
+        if keep > 0 {
+            unlink_free_pages_from(rel, keep, n);
+        }
         pg_sys::RelationTruncate(rel, keep);
     }
     pg_sys::UnlockRelation(rel, pg_sys::AccessExclusiveLock as i32);
+}
+
+/// Takes the pages at or after block `keep` out of the free-page list (before the file is cut
+/// there). Called with AccessExclusiveLock: nobody else walks or changes the list.
+unsafe fn unlink_free_pages_from(rel: pg_sys::Relation, keep: u32, nblocks: u32) {
+    let mut list = Vec::new();
+    let mut blk = read_meta(rel).free_head;
+    let mut copy = vec![0u8; page::BLCKSZ];
+    // Bounded by the file's size: a damaged list cannot loop for ever.
+    while blk != NO_BLOCK && blk != 0 && blk < nblocks && list.len() < nblocks as usize {
+        if pages::copy_page(rel, blk, std::ptr::null_mut(), &mut copy) != Some(PageKind::Free) {
+            break;
+        }
+        list.push(blk);
+        blk = page::read_special(&copy).next;
+    }
+    let kept: Vec<u32> = list.iter().copied().filter(|&b| b < keep).collect();
+    if kept.len() == list.len() && blk == NO_BLOCK {
+        return;
+    }
+    // Relink the kept pages in their order; only changed links are written.
+    for (i, &b) in kept.iter().enumerate() {
+        let next = kept.get(i + 1).copied().unwrap_or(NO_BLOCK);
+        let fb = LockedBuffer::read(rel, b, Lock::Exclusive, std::ptr::null_mut());
+        if page::read_special(fb.page()).next != next {
+            wal::edit_page(rel, &fb, |img| page::set_next(img, next));
+        }
+    }
+    let (mb, _) = pages::read_verified(rel, 0, Lock::Exclusive, std::ptr::null_mut());
+    let mut m = Meta::read(mb.page());
+    m.free_head = kept.first().copied().unwrap_or(NO_BLOCK);
+    wal::edit_page(rel, &mb, |img| m.write(img));
 }
 
 #[pg_guard]

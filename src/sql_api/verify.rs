@@ -130,6 +130,42 @@ fn check_undo_chain(rel: pg_sys::Relation, nblocks: u32, out: &mut Vec<(i64, Str
             format!("undo tail is {} but the chain ends at {last}", m.undo_tail),
         ));
     }
+    check_free_list(rel, nblocks, m.free_head, out);
+}
+
+/// Follows the free-page list from the metapage: every page on it must be a free page, inside
+/// the table, and the list must end without a loop.
+fn check_free_list(rel: pg_sys::Relation, nblocks: u32, head: u32, out: &mut Vec<(i64, String)>) {
+    let mut blk = head;
+    let mut steps = 0u32;
+    while blk != page::NO_BLOCK {
+        if blk == 0 || blk >= nblocks {
+            out.push((
+                blk as i64,
+                format!("free-page list points to block {blk}, outside the table"),
+            ));
+            return;
+        }
+        steps += 1;
+        if steps > nblocks {
+            out.push((blk as i64, "free-page list loops".into()));
+            return;
+        }
+        // SAFETY: blk is inside the relation.
+        let b = unsafe { LockedBuffer::read(rel, blk, Lock::Share, std::ptr::null_mut()) };
+        let p = b.page();
+        if page::verify(p).is_err() {
+            return; // reported by the page pass
+        }
+        if page::kind(p) != Some(PageKind::Free) {
+            out.push((
+                blk as i64,
+                "page on the free-page list is not a free page".into(),
+            ));
+            return;
+        }
+        blk = page::read_special(p).next;
+    }
 }
 
 #[pg_extern(strict)]

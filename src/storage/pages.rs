@@ -4,6 +4,8 @@ use super::buffer::{Lock, LockedBuffer};
 use super::{rel_name, wal};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use torii_core::meta::Meta;
+use torii_core::page::NO_BLOCK;
 use torii_core::{page, page::PageKind};
 
 /// Raises the data-corruption ERROR (SQLSTATE XX001) for a page that failed its check.
@@ -184,13 +186,18 @@ pub unsafe fn nblocks(rel: pg_sys::Relation) -> u32 {
     unsafe { pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) }
 }
 
-/// A page for a new undo page: a free page from the free space map if one can be locked at
-/// once (callers hold other buffer locks, so they must not wait), else a new block.
+/// A page for a new undo page, with the metapage `meta` exclusively locked by the caller: the
+/// head of the free-page list if it can be locked at once (the caller's WAL record then moves
+/// the list's head on, see `wal::append_undo`), else a never-initialized page the free space map
+/// offers, else a new block. Callers hold other buffer locks, so this never waits for one.
 ///
 /// # Safety
-/// `rel` must be open.
-pub unsafe fn free_or_new_page(rel: pg_sys::Relation) -> LockedBuffer {
+/// `rel` must be open and `meta` its metapage, exclusively locked.
+pub unsafe fn free_or_new_page(rel: pg_sys::Relation, meta: &LockedBuffer) -> LockedBuffer {
     let nblocks = nblocks(rel);
+    if let Some(b) = try_free_list_head(rel, meta, nblocks) {
+        return b;
+    }
     let mut blk = pg_sys::GetPageWithFreeSpace(rel, SPECIAL_FREE_MIN);
     // Entries the map has wrong are corrected one per try; the bound only keeps a writer that
     // holds other buffer locks from walking the whole map.
@@ -204,7 +211,7 @@ pub unsafe fn free_or_new_page(rel: pg_sys::Relation) -> LockedBuffer {
         let mut avail = pg_sys::GetRecordedFreeSpace(rel, blk);
         if let Some(b) = LockedBuffer::try_exclusive(rel, blk) {
             let p = b.page();
-            if page::kind(p) == Some(PageKind::Free) && page::verify(p).is_ok() || page::is_new(p) {
+            if page::is_new(p) {
                 // Taken: the map must not offer it again.
                 pg_sys::RecordPageWithFreeSpace(rel, blk, 0);
                 return b;
@@ -218,6 +225,54 @@ pub unsafe fn free_or_new_page(rel: pg_sys::Relation) -> LockedBuffer {
         blk = pg_sys::RecordAndGetPageWithFreeSpace(rel, blk, avail, SPECIAL_FREE_MIN);
     }
     extend(rel, std::ptr::null_mut())
+}
+
+/// The head of the free-page list (pages undo discard freed, linked from the metapage's
+/// `free_head` through their special space's `next`), exclusively locked, if there is one and
+/// it can be locked at once. Free pages are kept out of the free space map, so that inserts
+/// fill the room data pages have before they take one, and undo takes them first.
+///
+/// # Safety
+/// `rel` must be open and `meta` its metapage, locked by the caller.
+unsafe fn try_free_list_head(
+    rel: pg_sys::Relation,
+    meta: &LockedBuffer,
+    nblocks: u32,
+) -> Option<LockedBuffer> {
+    let head = Meta::read(meta.page()).free_head;
+    if head == NO_BLOCK || head == 0 || head >= nblocks {
+        return None;
+    }
+    let b = LockedBuffer::try_exclusive(rel, head)?;
+    let p = b.page();
+    (page::kind(p) == Some(PageKind::Free) && page::verify(p).is_ok()).then_some(b)
+}
+
+/// Takes the head of the free-page list as an empty data page, in one WAL record with the
+/// metapage (so a crash cannot lose the page from the list without it being a data page).
+/// None when the list is empty or its head cannot be locked at once.
+///
+/// # Safety
+/// `rel` must be open with a metapage; the caller holds no undo page or metapage lock.
+unsafe fn pop_free_page_as_data(rel: pg_sys::Relation) -> Option<LockedBuffer> {
+    // Cheap check first, without the exclusive metapage lock every writer may need.
+    {
+        let (m, _) = read_verified(rel, 0, Lock::Share, std::ptr::null_mut());
+        if Meta::read(m.page()).free_head == NO_BLOCK {
+            return None;
+        }
+    }
+    let (mb, _) = read_verified(rel, 0, Lock::Exclusive, std::ptr::null_mut());
+    let b = try_free_list_head(rel, &mb, nblocks(rel))?;
+    let next = page::read_special(b.page()).next;
+    wal::edit_pages(rel, &[&b, &mb], |imgs| {
+        page::init_page(imgs[0], PageKind::Data);
+        let mut m = Meta::read(imgs[1]);
+        m.free_head = next;
+        m.write(imgs[1]);
+    });
+    drop(mb);
+    Some(b)
 }
 
 /// Free space that only an empty page has.
@@ -329,12 +384,8 @@ pub struct Target {
     pub format: bool,
 }
 
-/// At most this many empty (undo-freed) pages an insert passes over looking for a data page
-/// with room (a guard: it stops earlier when the map comes back to one it passed over).
-const EMPTY_PAGES_PASSED_OVER: usize = 4096;
-
 /// Finds a data page with room for `len` bytes: the relation's cached target block, then the
-/// free space map, then a new block.
+/// free space map, then the free-page list, then a new block.
 ///
 /// # Safety
 /// `rel` must be open with at least RowExclusiveLock.
@@ -364,29 +415,10 @@ pub unsafe fn find_room(
     // recorded) are used up rather than left to make every later insert extend the file.
     // The cap only guards against a map that keeps answering the same page.
     let mut tries = 0;
-    // Empty pages freed by undo discard are passed over in favour of data pages with room:
-    // left empty, they serve the next undo pages, which would otherwise extend the file while
-    // rows spread thinly over ever more data pages (churn of deletes and inserts).
-    let mut passed_over: std::collections::HashSet<u32> = std::collections::HashSet::new();
     while blk != pg_sys::InvalidBlockNumber && blk != 0 && blk < nblocks && tries < 10_000 {
         tries += 1;
         let b = LockedBuffer::read(rel, blk, Lock::Exclusive, strategy);
         let p = b.page();
-        // The map searches on from the last answer, so meeting a passed-over page again means
-        // it went round without finding a data page with room: take the empty page then.
-        if page::kind(p) == Some(PageKind::Free)
-            && passed_over.len() < EMPTY_PAGES_PASSED_OVER
-            && passed_over.insert(blk)
-        {
-            let free = page::free_space(p);
-            drop(b);
-            // The map keeps the page's true space and moves its search on past it.
-            blk = pg_sys::RecordAndGetPageWithFreeSpace(rel, blk, free, request);
-            if nblocks == u32::MAX {
-                nblocks = self::nblocks(rel);
-            }
-            continue;
-        }
         if page::is_new(p) {
             (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = blk;
             return Target {
@@ -395,14 +427,6 @@ pub unsafe fn find_room(
             };
         }
         check_locked(rel, &b);
-        if page::kind(p) == Some(PageKind::Free) {
-            // A page freed by undo discard: format it anew.
-            (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = blk;
-            return Target {
-                buf: b,
-                format: true,
-            };
-        }
         if page::kind(p) == Some(PageKind::Data) && fits(p, len + reserve) {
             (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = blk;
             return Target {
@@ -423,6 +447,14 @@ pub unsafe fn find_room(
         if nblocks == u32::MAX {
             nblocks = self::nblocks(rel);
         }
+    }
+    // An empty page freed by undo discard, before the file grows.
+    if let Some(b) = pop_free_page_as_data(rel) {
+        (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = b.block();
+        return Target {
+            buf: b,
+            format: false,
+        };
     }
     let b = extend(rel, strategy);
     (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = b.block();

@@ -73,7 +73,7 @@ pub unsafe fn reserve(rel: pg_sys::Relation, len: usize) -> UndoSpace {
 /// Locks the metapage and a fresh block for a new undo page.
 unsafe fn new_undo_page(rel: pg_sys::Relation) -> (LockedBuffer, LockedBuffer) {
     let (meta, _) = pages::read_verified(rel, 0, Lock::Exclusive, std::ptr::null_mut());
-    let b = pages::free_or_new_page(rel);
+    let b = pages::free_or_new_page(rel, &meta);
     (meta, b)
 }
 

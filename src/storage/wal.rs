@@ -197,6 +197,9 @@ fn append_undo(e: &mut PageEdit, space: &super::undo::UndoSpace, record: &[u8]) 
         }
         (tail, Some(np)) => {
             let new_blk = np.block();
+            // A page taken from the head of the free-page list: the list goes on from its next.
+            let free_next = (page::kind(np.page()) == Some(PageKind::Free))
+                .then(|| page::read_special(np.page()).next);
             let ni = e.register(np, true);
             page::init_page(e.page(ni), PageKind::Undo);
             let o = add_item(e.page(ni), record);
@@ -216,6 +219,9 @@ fn append_undo(e: &mut PageEdit, space: &super::undo::UndoSpace, record: &[u8]) 
             }
             m.undo_tail = new_blk;
             m.undo_appended += page::BLCKSZ as u64;
+            if let Some(next) = free_next.filter(|_| m.free_head == new_blk) {
+                m.free_head = next;
+            }
             m.write(mp);
             UndoPtr {
                 blk: new_blk,
