@@ -52,7 +52,7 @@ unsafe fn fetch_into(
     };
     if !snap.raw.is_null() && (*snap.raw).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_MVCC {
         let writer = torii_core::row::RowHeader::read(&v).xid;
-        let mut t = *tid;
+        let mut t = super::visibility::predicate_tid(blk, off, writer);
         crate::pg_extra::PredicateLockTID(rel, &mut t, snap.raw, super::visibility::xid_of(writer));
     }
     store_copy(rel, &v, *tid, slot);

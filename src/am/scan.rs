@@ -525,7 +525,7 @@ unsafe fn predicate_lock_visible(scan: &ToriiScan, blk: u32) {
         // SAFETY: vis_ptr/vis_len describe a row version kept alive until the next page loads.
         let row = std::slice::from_raw_parts(scan.vis_ptr[i], scan.vis_len[i] as usize);
         let writer = torii_core::row::RowHeader::read(row).xid;
-        let mut t = crate::storage::tid(blk, scan.vis[i]);
+        let mut t = super::visibility::predicate_tid(blk, scan.vis[i], writer);
         crate::pg_extra::PredicateLockTID(
             scan.rel(),
             &mut t,

@@ -335,6 +335,21 @@ pub fn xid_of(xid: u64) -> pg_sys::TransactionId {
     xid32(xid)
 }
 
+/// The TID under which SERIALIZABLE predicate locks name the version of the row at
+/// (`blk`, `off`) written by `writer`: the offset with the writer's low 7 bits above it.
+///
+/// Heap's versions have TIDs of their own, so a reader's lock on the version it read does not
+/// conflict with a later writer of a newer version (that reader met the newer writer when it
+/// read around it: CheckForSerializableConflictOut). An in-place update keeps the TID, so a
+/// plain TID lock would make every later writer of the row conflict with every earlier reader
+/// (extra serialization failures). Readers lock and writers check this per-version tag
+/// instead; two versions whose writers share the low bits share a tag, which can only add a
+/// conflict, never lose one.
+pub fn predicate_tid(blk: u32, off: u16, writer: u64) -> pg_sys::ItemPointerData {
+    const _: () = assert!(torii_core::page::MAX_ROWS_PER_PAGE < 1 << 9);
+    crate::storage::tid(blk, off | (((writer & 0x7f) as u16) << 9))
+}
+
 /// Is the change by `xid`/`cid` in effect for an MVCC snapshot?
 ///
 /// # Safety

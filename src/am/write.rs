@@ -440,8 +440,9 @@ pub unsafe extern "C-unwind" fn tuple_delete(
         Check::Fail(r) => return r,
         Check::Proceed(old) => old,
     };
-    let (blk, _) = tid_parts(&t);
-    let mut tt = t;
+    let (blk, off) = tid_parts(&t);
+    // SSI: readers of the version this delete ends (see visibility::predicate_tid).
+    let mut tt = super::visibility::predicate_tid(blk, off, RowHeader::read(&old).xid);
     crate::pg_extra::CheckForSerializableConflictIn(rel, &mut tt, blk);
     // A row moving to another partition is marked moved, with heap's "moved partitions" TID
     // as its forwarding TID: concurrent writers and lockers then get a serialization error
@@ -535,7 +536,8 @@ pub unsafe extern "C-unwind" fn tuple_update(
         Check::Fail(r) => return r,
         Check::Proceed(old) => old,
     };
-    let mut tt = t;
+    // SSI: readers of the version this update replaces (see visibility::predicate_tid).
+    let mut tt = super::visibility::predicate_tid(blk, off, RowHeader::read(&old).xid);
     crate::pg_extra::CheckForSerializableConflictIn(rel, &mut tt, blk);
 
     // Form the new row (TOAST with the old row, so unchanged values are shared and replaced
@@ -716,6 +718,9 @@ pub unsafe extern "C-unwind" fn tuple_lock(
                     }
                     // A version this backend has locked before (EvalPlanQual came back for it)
                     // counts as seen: it is the caller's version now, no new traversal.
+                    // (MERGE's recheck locks again and would loop otherwise; the price is one
+                    // recheck less than heap in a FOR UPDATE subquery re-run by an outer
+                    // EvalPlanQual, isolation spec eval-plan-qual.)
                     let seen = snapshot.is_null()
                         || (*snapshot).snapshot_type != pg_sys::SnapshotType::SNAPSHOT_MVCC
                         || mvcc_sees_change(rel, snapshot, h.xid, h.cid)
