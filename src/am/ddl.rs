@@ -286,23 +286,58 @@ pub unsafe extern "C-unwind" fn relation_fetch_toast_slice(
     )
 }
 
+/// The planner's size estimate, as heap's `table_block_relation_estimate_size`, except that
+/// the pages reported (which cost scans and index fetches, and against which `relallvisible`
+/// is a fraction) are the data pages only: the metapage, undo and free pages hold no rows.
+/// Row counts still scale with the whole file, as `relpages` in pg_class counts every block.
 #[pg_guard]
 pub unsafe extern "C-unwind" fn relation_estimate_size(
     rel: pg_sys::Relation,
     attr_widths: *mut i32,
-    pages: *mut pg_sys::BlockNumber,
+    pages_out: *mut pg_sys::BlockNumber,
     tuples: *mut f64,
     allvisfrac: *mut f64,
 ) {
-    // Overhead per row: the 23-byte header (MAXALIGNed with the data) and the line pointer,
-    // as heap; usable bytes per page: everything but header and special space.
-    pg_sys::table_block_relation_estimate_size(
-        rel,
-        attr_widths,
-        pages,
-        tuples,
-        allvisfrac,
-        24 + 4,
-        page::SPECIAL_OFFSET - page::PAGE_HEADER_SIZE,
-    );
+    let nblocks = pages::nblocks(rel);
+    let mut data = if nblocks == 0 {
+        0
+    } else {
+        let (m, _) = pages::read_verified(
+            rel,
+            0,
+            crate::storage::buffer::Lock::Share,
+            std::ptr::null_mut(),
+        );
+        torii_core::meta::Meta::read(m.page()).data_pages(nblocks)
+    };
+    let relpages = (*(*rel).rd_rel).relpages as u32;
+    let reltuples = (*(*rel).rd_rel).reltuples as f64;
+    let relallvisible = (*(*rel).rd_rel).relallvisible as u32;
+    // As heap: a table never vacuumed or analyzed is taken to have at least 10 pages.
+    let never_counted = data < 10 && reltuples < 0.0 && !(*(*rel).rd_rel).relhassubclass;
+    if never_counted {
+        data = 10;
+    }
+    *pages_out = data;
+    if data == 0 {
+        *tuples = 0.0;
+        *allvisfrac = 0.0;
+        return;
+    }
+    *tuples = if reltuples >= 0.0 && relpages > 0 {
+        (reltuples / relpages as f64 * nblocks.max(data) as f64).round()
+    } else {
+        // Overhead per row: the 23-byte header (MAXALIGNed with the data) and the line
+        // pointer, as heap; usable bytes per page: everything but header and special space.
+        let width = pg_sys::get_rel_data_width(rel, attr_widths) as usize + 24 + 4;
+        let density = (page::SPECIAL_OFFSET - page::PAGE_HEADER_SIZE) / width.max(1);
+        (density as f64 * data as f64).round()
+    };
+    *allvisfrac = if relallvisible == 0 {
+        0.0
+    } else if relallvisible >= data {
+        1.0
+    } else {
+        relallvisible as f64 / data as f64
+    };
 }

@@ -353,6 +353,7 @@ unsafe fn discard_pages(rel: pg_sys::Relation, st: &mut VacuumStats) {
         // inserts only once the data pages' own room is used up.
         let free_next = m.free_head;
         m.free_head = head;
+        m.free_pages += 1;
         wal::edit_pages(rel, &[&hb, &mb], |imgs| {
             page::init_page(imgs[0], PageKind::Free);
             page::set_next(imgs[0], free_next);
@@ -666,6 +667,7 @@ unsafe fn unlink_free_pages_from(rel: pg_sys::Relation, keep: u32, nblocks: u32)
     let (mb, _) = pages::read_verified(rel, 0, Lock::Exclusive, std::ptr::null_mut());
     let mut m = Meta::read(mb.page());
     m.free_head = kept.first().copied().unwrap_or(NO_BLOCK);
+    m.free_pages = kept.len() as u32;
     wal::edit_page(rel, &mb, |img| m.write(img));
 }
 
@@ -691,6 +693,20 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
     if (*params).truncate != pg_sys::VacOptValue::VACOPTVALUE_DISABLED {
         truncate_tail(rel);
     }
+    // The visibility map, for index-only scans. An anti-wraparound VACUUM only advances
+    // relfrozenxid, which needs no data page: it leaves the map to the next ordinary VACUUM.
+    if !(*params).is_wraparound && pages::nblocks(rel) > 0 {
+        let marked = crate::storage::vm::mark_all_visible(rel, oldest_needed(rel), bstrategy);
+        debug1!(
+            "torii: {marked} pages of \"{}\" marked all-visible",
+            crate::storage::rel_name(rel)
+        );
+    }
+    let all_visible = if pages::nblocks(rel) > 0 {
+        crate::storage::vm::count_all_visible(rel)
+    } else {
+        0
+    };
     // relfrozenxid: every xid below the horizon is resolved in this table, so CLOG below it
     // may go. Never move it backwards, nor past what PostgreSQL allows.
     let h = horizon(rel);
@@ -712,7 +728,7 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
         rel,
         nblocks,
         (*(*rel).rd_rel).reltuples as f64,
-        0,
+        all_visible,
         (*(*rel).rd_rel).relhasindex,
         frozen,
         pg_sys::MultiXactId::INVALID,

@@ -3,10 +3,12 @@
 //! * [`buffer`]: RAII guards for pinned and locked buffers.
 //! * [`wal`]: every page change, named by operation, through generic WAL.
 //! * [`pages`]: reading verified pages, finding room for rows, the metapage.
+//! * [`vm`]: the visibility map fork (set by VACUUM, cleared by the first writer).
 
 pub mod buffer;
 pub mod pages;
 pub mod undo;
+pub mod vm;
 pub mod wal;
 
 use pgrx::pg_sys;

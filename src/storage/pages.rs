@@ -269,6 +269,7 @@ unsafe fn pop_free_page_as_data(rel: pg_sys::Relation) -> Option<LockedBuffer> {
         page::init_page(imgs[0], PageKind::Data);
         let mut m = Meta::read(imgs[1]);
         m.free_head = next;
+        m.free_pages = m.free_pages.saturating_sub(1);
         m.write(imgs[1]);
     });
     drop(mb);

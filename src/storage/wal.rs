@@ -51,6 +51,10 @@ impl PageEdit {
         } else {
             0
         };
+        // A change of an all-visible data page first clears its visibility map bit, in a record
+        // of its own logged before this one (torii_core::vm, "Invariant").
+        // SAFETY: rel is open and buf exclusively locked; it is not registered yet.
+        unsafe { super::vm::clear_before_change(self.rel, buf) };
         // SAFETY: state is open; the buffer is pinned and exclusively locked by `buf`.
         let img = unsafe { pg_sys::GenericXLogRegisterBuffer(self.state, buf.buffer(), flags) };
         self.images[self.n] = img as *mut u8;
@@ -221,6 +225,7 @@ fn append_undo(e: &mut PageEdit, space: &super::undo::UndoSpace, record: &[u8]) 
             m.undo_appended += page::BLCKSZ as u64;
             if let Some(next) = free_next.filter(|_| m.free_head == new_blk) {
                 m.free_head = next;
+                m.free_pages = m.free_pages.saturating_sub(1);
             }
             m.write(mp);
             UndoPtr {

@@ -10,3 +10,4 @@ pub mod page;
 pub mod row;
 pub mod undo;
 pub mod visibility;
+pub mod vm;

@@ -10,7 +10,7 @@
 //! | 32 | 4 | first (oldest) undo page, or `NO_BLOCK` |
 //! | 36 | 4 | last (newest) undo page, or `NO_BLOCK` |
 //! | 40 | 4 | head of the free-page list, or `NO_BLOCK` |
-//! | 44 | 4 | reserved |
+//! | 44 | 4 | pages on the free-page list |
 //! | 48 | 8 | resolved horizon: every xid below it is known committed or rolled back in this table |
 //! | 56 | 8 | bytes of undo pages linked since creation (8192 per page) |
 //! | 64 | 8 | bytes of undo pages freed by discard since creation; the difference is the undo held now |
@@ -31,6 +31,7 @@ pub struct Meta {
     pub undo_head: u32,
     pub undo_tail: u32,
     pub free_head: u32,
+    pub free_pages: u32,
     pub horizon: u64,
     pub undo_appended: u64,
     pub undo_discarded: u64,
@@ -38,6 +39,16 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// Undo pages the table holds now (linked minus freed).
+    pub fn undo_pages(&self) -> u64 {
+        self.undo_appended.saturating_sub(self.undo_discarded) / page::BLCKSZ as u64
+    }
+
+    /// Of `nblocks`, the pages that may hold rows: not the metapage, undo or free pages.
+    pub fn data_pages(&self, nblocks: u32) -> u32 {
+        (nblocks as u64).saturating_sub(1 + self.undo_pages() + self.free_pages as u64) as u32
+    }
+
     pub fn new(horizon: u64) -> Meta {
         Meta {
             magic: META_MAGIC,
@@ -45,6 +56,7 @@ impl Meta {
             undo_head: NO_BLOCK,
             undo_tail: NO_BLOCK,
             free_head: NO_BLOCK,
+            free_pages: 0,
             horizon,
             undo_appended: 0,
             undo_discarded: 0,
@@ -61,6 +73,7 @@ impl Meta {
             undo_head: u32at(32),
             undo_tail: u32at(36),
             free_head: u32at(40),
+            free_pages: u32at(44),
             horizon: u64at(48),
             undo_appended: u64at(56),
             undo_discarded: u64at(64),
@@ -75,7 +88,7 @@ impl Meta {
         p[32..36].copy_from_slice(&self.undo_head.to_ne_bytes());
         p[36..40].copy_from_slice(&self.undo_tail.to_ne_bytes());
         p[40..44].copy_from_slice(&self.free_head.to_ne_bytes());
-        p[44..48].fill(0);
+        p[44..48].copy_from_slice(&self.free_pages.to_ne_bytes());
         p[48..56].copy_from_slice(&self.horizon.to_ne_bytes());
         p[56..64].copy_from_slice(&self.undo_appended.to_ne_bytes());
         p[64..72].copy_from_slice(&self.undo_discarded.to_ne_bytes());
@@ -129,9 +142,25 @@ mod tests {
         let mut m2 = m;
         m2.undo_head = 5;
         m2.undo_appended = 1 << 40;
+        m2.free_head = 9;
+        m2.free_pages = 3;
         m2.write(&mut p);
         assert_eq!(page::verify(&p), Ok(()));
         assert_eq!(Meta::check(&p).unwrap(), m2);
+    }
+
+    #[test]
+    fn data_pages_leave_out_meta_undo_and_free_pages() {
+        let mut m = Meta::new(1);
+        assert_eq!(m.data_pages(1), 0);
+        assert_eq!(m.data_pages(10), 9);
+        m.undo_appended = 5 * BLCKSZ as u64;
+        m.undo_discarded = 2 * BLCKSZ as u64;
+        m.free_pages = 2;
+        assert_eq!(m.undo_pages(), 3);
+        assert_eq!(m.data_pages(10), 4);
+        // Counters ahead of the file (a truncation racing the read) never go below zero.
+        assert_eq!(m.data_pages(3), 0);
     }
 
     #[test]

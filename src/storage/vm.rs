@@ -1,0 +1,205 @@
+//! The visibility map fork of a torii table (layout and invariant: `torii_core::vm`).
+//!
+//! VACUUM sets a block's all-visible bit together with its page's `PD_ALL_VISIBLE`
+//! ([`set_all_visible`]); the first change of such a page clears both first
+//! ([`clear_before_change`], called by `wal::PageEdit` when it registers the page). Both are one
+//! generic WAL record over the data page and the map page; the map page is written directly,
+//! without torii's page checksum (it is PostgreSQL's format).
+
+use super::buffer::{Lock, LockedBuffer};
+use pgrx::pg_sys;
+use torii_core::page::{self, PageKind};
+use torii_core::vm;
+
+/// The map page holding `blk`'s bits, pinned, if the fork has it (no extension).
+///
+/// # Safety
+/// `rel` must be open.
+unsafe fn existing_map_page(rel: pg_sys::Relation, loc: vm::Location) -> Option<pg_sys::Buffer> {
+    let smgr = pg_sys::RelationGetSmgr(rel);
+    let fork = pg_sys::ForkNumber::VISIBILITYMAP_FORKNUM;
+    if !pg_sys::smgrexists(smgr, fork) || pg_sys::smgrnblocks(smgr, fork) <= loc.map_block {
+        return None;
+    }
+    Some(pg_sys::ReadBufferExtended(
+        rel,
+        fork,
+        loc.map_block,
+        pg_sys::ReadBufferMode::RBM_ZERO_ON_ERROR,
+        std::ptr::null_mut(),
+    ))
+}
+
+/// One generic WAL record: `PD_ALL_VISIBLE` of the data page and the block's bits on the map
+/// page (exclusively locked by the caller, or None when the fork has no page for it) set to
+/// `on`.
+///
+/// # Safety
+/// `rel` open; `data` its data page, exclusively locked; `map` pinned and exclusively locked.
+unsafe fn log_change(
+    rel: pg_sys::Relation,
+    data: &LockedBuffer,
+    map: Option<pg_sys::Buffer>,
+    loc: vm::Location,
+    on: bool,
+) {
+    let state = pg_sys::GenericXLogStart(rel);
+    let dimg = pg_sys::GenericXLogRegisterBuffer(state, data.buffer(), 0) as *mut u8;
+    // SAFETY: generic WAL gives a BLCKSZ image per registered buffer until finish.
+    let dpage = std::slice::from_raw_parts_mut(dimg, page::BLCKSZ);
+    vm::set_page_all_visible(dpage, on);
+    page::set_checksum(dpage);
+    if let Some(mb) = map {
+        let cur = std::slice::from_raw_parts(pg_sys::BufferGetPage(mb) as *const u8, page::BLCKSZ);
+        // A page torii has not changed yet still has its hole: log it whole.
+        let flags = if u16::from_ne_bytes([cur[12], cur[13]]) as usize != page::BLCKSZ
+            || page::is_new(cur)
+        {
+            pg_sys::GENERIC_XLOG_FULL_IMAGE as i32
+        } else {
+            0
+        };
+        let mimg = pg_sys::GenericXLogRegisterBuffer(state, mb, flags) as *mut u8;
+        let mpage = std::slice::from_raw_parts_mut(mimg, page::BLCKSZ);
+        if page::is_new(mpage) {
+            pg_sys::PageInit(mimg as pg_sys::Page, page::BLCKSZ, 0);
+        }
+        vm::set_bits(mpage, loc, on);
+    }
+    pg_sys::GenericXLogFinish(state);
+    super::pages::remember_written(rel, data.buffer(), data.block());
+}
+
+/// Clears the block's all-visible bit and its page's flag before a change of the page.
+/// Cheap when the flag is not set (the usual case).
+///
+/// # Safety
+/// `rel` must be open and `data` one of its pages, exclusively locked; no generic WAL record
+/// may have registered `data` yet.
+pub unsafe fn clear_before_change(rel: pg_sys::Relation, data: &LockedBuffer) {
+    let p = data.page();
+    if page::kind(p) != Some(PageKind::Data) || !vm::page_all_visible(p) {
+        return;
+    }
+    let loc = vm::location(data.block());
+    let map = existing_map_page(rel, loc);
+    if let Some(mb) = map {
+        pg_sys::LockBuffer(mb, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
+    }
+    // Guard the map buffer so that an ERROR cannot leave it locked and pinned.
+    struct MapGuard(Option<pg_sys::Buffer>);
+    impl Drop for MapGuard {
+        fn drop(&mut self) {
+            if let Some(b) = self.0 {
+                // SAFETY: pinned and locked above.
+                unsafe { pg_sys::UnlockReleaseBuffer(b) }
+            }
+        }
+    }
+    let guard = MapGuard(map);
+    log_change(rel, data, guard.0, loc, false);
+}
+
+/// Whether every row of a data page is visible to every snapshot: each normal row's writer is
+/// committed and older than `oldest` (no snapshot can need an older version), and no row is
+/// deleted, moved, speculative or a dead pointer.
+///
+/// # Safety
+/// Reads CLOG for the writers.
+pub unsafe fn page_is_all_visible(p: &[u8], oldest: u64) -> bool {
+    use crate::am::visibility::{writer_status, WriterStatus};
+    for off in 1..=page::line_pointer_count(p) {
+        let lp = page::line_pointer(p, off);
+        match lp.flags {
+            page::LP_UNUSED => continue,
+            page::LP_NORMAL => {}
+            _ => return false,
+        }
+        if lp.off < page::pd_upper(p) || lp.off + lp.len > page::SPECIAL_OFFSET {
+            return false;
+        }
+        let row = &p[lp.off..lp.off + lp.len];
+        if torii_core::row::validate(row).is_err() {
+            return false;
+        }
+        let h = torii_core::row::RowHeader::read(row);
+        if h.is_deleted() || h.is_speculative() || h.xid >= oldest {
+            return false;
+        }
+        if writer_status(h.xid) != WriterStatus::Committed {
+            return false;
+        }
+    }
+    true
+}
+
+/// VACUUM: marks data pages whose rows every snapshot sees all-visible; pages already marked
+/// are skipped without being read. Returns the number of pages marked.
+///
+/// # Safety
+/// `rel` must be an open torii table locked by VACUUM.
+pub unsafe fn mark_all_visible(
+    rel: pg_sys::Relation,
+    oldest: u64,
+    strategy: pg_sys::BufferAccessStrategy,
+) -> u32 {
+    let nblocks = super::pages::nblocks(rel);
+    let mut vmbuf: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+    struct Pin(*mut pg_sys::Buffer);
+    impl Drop for Pin {
+        fn drop(&mut self) {
+            // SAFETY: points at the local below, a pinned buffer or InvalidBuffer.
+            unsafe {
+                if *self.0 != pg_sys::InvalidBuffer as pg_sys::Buffer {
+                    pg_sys::ReleaseBuffer(*self.0);
+                }
+            }
+        }
+    }
+    let _pin = Pin(&mut vmbuf);
+    let mut copy = vec![0u8; page::BLCKSZ];
+    let mut marked = 0;
+    for blk in 1..nblocks {
+        pgrx::check_for_interrupts!();
+        if pg_sys::visibilitymap_get_status(rel, blk, &mut vmbuf) as u8 & vm::ALL_VISIBLE != 0 {
+            continue;
+        }
+        if super::pages::copy_page(rel, blk, strategy, &mut copy) != Some(PageKind::Data)
+            || !page_is_all_visible(&copy, oldest)
+        {
+            continue;
+        }
+        // Pin (and extend) the map before locking the data page, as heap does.
+        pg_sys::visibilitymap_pin(rel, blk, &mut vmbuf);
+        let b = LockedBuffer::read(rel, blk, Lock::Exclusive, strategy);
+        if page::kind(b.page()) != Some(PageKind::Data)
+            || vm::page_all_visible(b.page())
+            || !page_is_all_visible(b.page(), oldest)
+        {
+            continue;
+        }
+        pg_sys::LockBuffer(vmbuf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
+        struct Unlock(pg_sys::Buffer);
+        impl Drop for Unlock {
+            fn drop(&mut self) {
+                // SAFETY: locked just above.
+                unsafe { pg_sys::LockBuffer(self.0, pg_sys::BUFFER_LOCK_UNLOCK as i32) }
+            }
+        }
+        let _unlock = Unlock(vmbuf);
+        log_change(rel, &b, Some(vmbuf), vm::location(blk), true);
+        marked += 1;
+    }
+    marked
+}
+
+/// Pages the map says are all-visible (for `relallvisible`).
+///
+/// # Safety
+/// `rel` must be open.
+pub unsafe fn count_all_visible(rel: pg_sys::Relation) -> u32 {
+    let mut all_visible = 0;
+    let mut all_frozen = 0;
+    pg_sys::visibilitymap_count(rel, &mut all_visible, &mut all_frozen);
+    all_visible
+}
