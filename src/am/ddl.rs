@@ -325,7 +325,7 @@ pub unsafe extern "C-unwind" fn relation_estimate_size(
         return;
     }
     *tuples = if reltuples >= 0.0 && relpages > 0 {
-        (reltuples / relpages as f64 * nblocks.max(data) as f64).round()
+        (reltuples / relpages as f64 * nblocks as f64).round()
     } else {
         // Overhead per row: the 23-byte header (MAXALIGNed with the data) and the line
         // pointer, as heap; usable bytes per page: everything but header and special space.

@@ -695,14 +695,15 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
     }
     // The visibility map, for index-only scans. An anti-wraparound VACUUM only advances
     // relfrozenxid, which needs no data page: it leaves the map to the next ordinary VACUUM.
-    if !(*params).is_wraparound && pages::nblocks(rel) > 0 {
+    let nblocks = pages::nblocks(rel);
+    if !(*params).is_wraparound && nblocks > 0 {
         let marked = crate::storage::vm::mark_all_visible(rel, oldest_needed(rel), bstrategy);
         debug1!(
             "torii: {marked} pages of \"{}\" marked all-visible",
             crate::storage::rel_name(rel)
         );
     }
-    let all_visible = if pages::nblocks(rel) > 0 {
+    let all_visible = if nblocks > 0 {
         crate::storage::vm::count_all_visible(rel)
     } else {
         0
@@ -722,7 +723,6 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
     } else {
         pg_sys::TransactionId::from_inner(h as u32)
     };
-    let nblocks = pages::nblocks(rel);
     // VACUUM counts no rows: keep ANALYZE's estimate (-1 would make it unknown again).
     pg_sys::vac_update_relstats(
         rel,

@@ -56,7 +56,7 @@ fn check_page(blk: u32, p: &[u8]) -> Vec<String> {
 
 /// Follows the undo chain from the metapage: every page on it must be an undo page, the chain
 /// must end at the recorded tail without loops, and every record must decode and name a row
-/// inside the table.
+/// inside the table. Then the free-page list.
 fn check_undo_chain(rel: pg_sys::Relation, nblocks: u32, out: &mut Vec<(i64, String)>) {
     if nblocks == 0 {
         return;
@@ -68,104 +68,106 @@ fn check_undo_chain(rel: pg_sys::Relation, nblocks: u32, out: &mut Vec<(i64, Str
     }
     let m = Meta::read(meta.page());
     drop(meta);
-    let mut blk = m.undo_head;
+    let last = walk_chain(
+        rel,
+        nblocks,
+        m.undo_head,
+        ("undo chain", PageKind::Undo, "an undo page"),
+        out,
+        |blk, p, out| {
+            for off in 1..=page::line_pointer_count(p) {
+                let lp = page::line_pointer(p, off);
+                if lp.flags != page::LP_NORMAL {
+                    continue;
+                }
+                if lp.off < page::pd_upper(p) || lp.off + lp.len > page::SPECIAL_OFFSET {
+                    out.push((
+                        blk as i64,
+                        format!("undo record {off} points outside the page"),
+                    ));
+                    continue;
+                }
+                match UndoRecord::decode(&p[lp.off..lp.off + lp.len]) {
+                    Err(e) => out.push((blk as i64, format!("undo record {off}: {e}"))),
+                    Ok(r) if r.tid_blk == 0 || r.tid_blk >= nblocks => out.push((
+                        blk as i64,
+                        format!(
+                            "undo record {off} names block {}, outside the table",
+                            r.tid_blk
+                        ),
+                    )),
+                    Ok(_) => {}
+                }
+            }
+        },
+    );
+    if let Some(last) = last {
+        if last != m.undo_tail {
+            out.push((
+                0,
+                format!("undo tail is {} but the chain ends at {last}", m.undo_tail),
+            ));
+        }
+    }
+    // The free-page list: every page on it a free page, inside the table, no loop.
+    walk_chain(
+        rel,
+        nblocks,
+        m.free_head,
+        ("free-page list", PageKind::Free, "a free page"),
+        out,
+        |_, _, _| {},
+    );
+}
+
+/// Follows a chain of pages linked through their special space's `next` from `head`: each
+/// must be inside the table and of the chain's kind, without a loop; `visit` checks each
+/// page's contents. Returns the last block when the chain ended properly (None after a
+/// reported problem, or a page that failed its checksum, which the page pass reports).
+/// `what` is the chain's name, the page kind it holds, and that kind's name for messages.
+fn walk_chain(
+    rel: pg_sys::Relation,
+    nblocks: u32,
+    head: u32,
+    what: (&str, PageKind, &str),
+    out: &mut Vec<(i64, String)>,
+    mut visit: impl FnMut(u32, &[u8], &mut Vec<(i64, String)>),
+) -> Option<u32> {
+    let (chain, kind, kind_name) = what;
+    let mut blk = head;
     let mut last = page::NO_BLOCK;
     let mut steps = 0u32;
     while blk != page::NO_BLOCK {
         if blk == 0 || blk >= nblocks {
             out.push((
                 blk as i64,
-                format!("undo chain points to block {blk}, outside the table"),
+                format!("{chain} points to block {blk}, outside the table"),
             ));
-            return;
+            return None;
         }
         steps += 1;
         if steps > nblocks {
-            out.push((blk as i64, "undo chain loops".into()));
-            return;
+            out.push((blk as i64, format!("{chain} loops")));
+            return None;
         }
         // SAFETY: blk is inside the relation.
         let b = unsafe { LockedBuffer::read(rel, blk, Lock::Share, std::ptr::null_mut()) };
         let p = b.page();
         if page::verify(p).is_err() {
-            return; // reported by the page pass
+            return None; // reported by the page pass
         }
-        if page::kind(p) != Some(PageKind::Undo) {
+        if page::kind(p) != Some(kind) {
             out.push((
                 blk as i64,
-                "page on the undo chain is not an undo page".into(),
+                format!("page on the {chain} is not {kind_name}"),
             ));
-            return;
+            return None;
         }
-        for off in 1..=page::line_pointer_count(p) {
-            let lp = page::line_pointer(p, off);
-            if lp.flags != page::LP_NORMAL {
-                continue;
-            }
-            if lp.off < page::pd_upper(p) || lp.off + lp.len > page::SPECIAL_OFFSET {
-                out.push((
-                    blk as i64,
-                    format!("undo record {off} points outside the page"),
-                ));
-                continue;
-            }
-            match UndoRecord::decode(&p[lp.off..lp.off + lp.len]) {
-                Err(e) => out.push((blk as i64, format!("undo record {off}: {e}"))),
-                Ok(r) if r.tid_blk == 0 || r.tid_blk >= nblocks => out.push((
-                    blk as i64,
-                    format!(
-                        "undo record {off} names block {}, outside the table",
-                        r.tid_blk
-                    ),
-                )),
-                Ok(_) => {}
-            }
-        }
+        visit(blk, p, out);
         last = blk;
         blk = page::read_special(p).next;
     }
-    if last != m.undo_tail {
-        out.push((
-            0,
-            format!("undo tail is {} but the chain ends at {last}", m.undo_tail),
-        ));
-    }
-    check_free_list(rel, nblocks, m.free_head, out);
-}
-
-/// Follows the free-page list from the metapage: every page on it must be a free page, inside
-/// the table, and the list must end without a loop.
-fn check_free_list(rel: pg_sys::Relation, nblocks: u32, head: u32, out: &mut Vec<(i64, String)>) {
-    let mut blk = head;
-    let mut steps = 0u32;
-    while blk != page::NO_BLOCK {
-        if blk == 0 || blk >= nblocks {
-            out.push((
-                blk as i64,
-                format!("free-page list points to block {blk}, outside the table"),
-            ));
-            return;
-        }
-        steps += 1;
-        if steps > nblocks {
-            out.push((blk as i64, "free-page list loops".into()));
-            return;
-        }
-        // SAFETY: blk is inside the relation.
-        let b = unsafe { LockedBuffer::read(rel, blk, Lock::Share, std::ptr::null_mut()) };
-        let p = b.page();
-        if page::verify(p).is_err() {
-            return; // reported by the page pass
-        }
-        if page::kind(p) != Some(PageKind::Free) {
-            out.push((
-                blk as i64,
-                "page on the free-page list is not a free page".into(),
-            ));
-            return;
-        }
-        blk = page::read_special(p).next;
-    }
+    Some(last)
 }
 
 #[pg_extern(strict)]

@@ -98,6 +98,19 @@ impl LockedBuffer {
         self.lock
     }
 
+    /// Locks a buffer the caller pinned (of any fork); the guard then owns that pin and lock.
+    ///
+    /// # Safety
+    /// `buf` must be a valid buffer pinned once by the caller, who gives that pin up.
+    pub unsafe fn lock_pinned(buf: pg_sys::Buffer, lock: Lock) -> LockedBuffer {
+        pg_sys::LockBuffer(buf, lock.mode());
+        LockedBuffer {
+            buf,
+            lock,
+            from_disk: false,
+        }
+    }
+
     pub fn block(&self) -> pg_sys::BlockNumber {
         // SAFETY: the buffer is pinned.
         unsafe { pg_sys::BufferGetBlockNumber(self.buf) }

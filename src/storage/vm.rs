@@ -11,23 +11,24 @@ use pgrx::pg_sys;
 use torii_core::page::{self, PageKind};
 use torii_core::vm;
 
-/// The map page holding `blk`'s bits, pinned, if the fork has it (no extension).
+/// The map page holding `loc`'s bits, exclusively locked, if the fork has it (no extension).
 ///
 /// # Safety
 /// `rel` must be open.
-unsafe fn existing_map_page(rel: pg_sys::Relation, loc: vm::Location) -> Option<pg_sys::Buffer> {
+unsafe fn existing_map_page(rel: pg_sys::Relation, loc: vm::Location) -> Option<LockedBuffer> {
     let smgr = pg_sys::RelationGetSmgr(rel);
     let fork = pg_sys::ForkNumber::VISIBILITYMAP_FORKNUM;
     if !pg_sys::smgrexists(smgr, fork) || pg_sys::smgrnblocks(smgr, fork) <= loc.map_block {
         return None;
     }
-    Some(pg_sys::ReadBufferExtended(
+    let buf = pg_sys::ReadBufferExtended(
         rel,
         fork,
         loc.map_block,
         pg_sys::ReadBufferMode::RBM_ZERO_ON_ERROR,
         std::ptr::null_mut(),
-    ))
+    );
+    Some(LockedBuffer::lock_pinned(buf, Lock::Exclusive))
 }
 
 /// One generic WAL record: `PD_ALL_VISIBLE` of the data page and the block's bits on the map
@@ -83,21 +84,7 @@ pub unsafe fn clear_before_change(rel: pg_sys::Relation, data: &LockedBuffer) {
     }
     let loc = vm::location(data.block());
     let map = existing_map_page(rel, loc);
-    if let Some(mb) = map {
-        pg_sys::LockBuffer(mb, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
-    }
-    // Guard the map buffer so that an ERROR cannot leave it locked and pinned.
-    struct MapGuard(Option<pg_sys::Buffer>);
-    impl Drop for MapGuard {
-        fn drop(&mut self) {
-            if let Some(b) = self.0 {
-                // SAFETY: pinned and locked above.
-                unsafe { pg_sys::UnlockReleaseBuffer(b) }
-            }
-        }
-    }
-    let guard = MapGuard(map);
-    log_change(rel, data, guard.0, loc, false);
+    log_change(rel, data, map.as_ref().map(|m| m.buffer()), loc, false);
 }
 
 /// Whether every row of a data page is visible to every snapshot: each normal row's writer is
@@ -144,24 +131,23 @@ pub unsafe fn mark_all_visible(
     strategy: pg_sys::BufferAccessStrategy,
 ) -> u32 {
     let nblocks = super::pages::nblocks(rel);
-    let mut vmbuf: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
-    struct Pin(*mut pg_sys::Buffer);
-    impl Drop for Pin {
+    // The map page pinned by the visibilitymap_* calls, kept across blocks; released on drop
+    // (also after an ERROR).
+    struct MapPin(pg_sys::Buffer);
+    impl Drop for MapPin {
         fn drop(&mut self) {
-            // SAFETY: points at the local below, a pinned buffer or InvalidBuffer.
-            unsafe {
-                if *self.0 != pg_sys::InvalidBuffer as pg_sys::Buffer {
-                    pg_sys::ReleaseBuffer(*self.0);
-                }
+            if self.0 != pg_sys::InvalidBuffer as pg_sys::Buffer {
+                // SAFETY: a buffer pinned by visibilitymap_get_status/pin, pinned once.
+                unsafe { pg_sys::ReleaseBuffer(self.0) }
             }
         }
     }
-    let _pin = Pin(&mut vmbuf);
+    let mut pin = MapPin(pg_sys::InvalidBuffer as pg_sys::Buffer);
     let mut copy = vec![0u8; page::BLCKSZ];
     let mut marked = 0;
     for blk in 1..nblocks {
         pgrx::check_for_interrupts!();
-        if pg_sys::visibilitymap_get_status(rel, blk, &mut vmbuf) as u8 & vm::ALL_VISIBLE != 0 {
+        if pg_sys::visibilitymap_get_status(rel, blk, &mut pin.0) as u8 & vm::ALL_VISIBLE != 0 {
             continue;
         }
         if super::pages::copy_page(rel, blk, strategy, &mut copy) != Some(PageKind::Data)
@@ -170,7 +156,7 @@ pub unsafe fn mark_all_visible(
             continue;
         }
         // Pin (and extend) the map before locking the data page, as heap does.
-        pg_sys::visibilitymap_pin(rel, blk, &mut vmbuf);
+        pg_sys::visibilitymap_pin(rel, blk, &mut pin.0);
         let b = LockedBuffer::read(rel, blk, Lock::Exclusive, strategy);
         if page::kind(b.page()) != Some(PageKind::Data)
             || vm::page_all_visible(b.page())
@@ -178,6 +164,7 @@ pub unsafe fn mark_all_visible(
         {
             continue;
         }
+        let vmbuf = pin.0;
         pg_sys::LockBuffer(vmbuf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
         struct Unlock(pg_sys::Buffer);
         impl Drop for Unlock {
