@@ -1,5 +1,6 @@
-//! Compiles the C entry points of the planner-hint hooks (src/hints/shim.c;
-//! why they are in C is explained at the top of that file).
+//! Compiles the C entry points of the planner-hint hooks (src/hints/shim.c)
+//! and of index builds (src/am/index_shim.c); why they are in C is explained
+//! at the top of those files.
 //!
 //! The server headers come from `pg_config --includedir-server`: the
 //! pg_config cargo-pgrx builds against (`PGRX_PG_CONFIG_PATH`), else
@@ -21,6 +22,7 @@ fn pg_config_path() -> String {
 
 fn main() {
     println!("cargo:rerun-if-changed=src/hints/shim.c");
+    println!("cargo:rerun-if-changed=src/am/index_shim.c");
     println!("cargo:rerun-if-env-changed=PGRX_PG_CONFIG_PATH");
     println!("cargo:rerun-if-env-changed=PG_CONFIG");
     println!("cargo:rerun-if-env-changed=PATH");
@@ -42,6 +44,7 @@ fn main() {
 
     cc::Build::new()
         .file("src/hints/shim.c")
+        .file("src/am/index_shim.c")
         .include(&include)
         // PostgreSQL's headers are not warning-clean under -Wextra.
         .warnings(false)
@@ -50,5 +53,5 @@ fn main() {
         // as PostgreSQL itself is compiled
         .flag_if_supported("-fno-strict-aliasing")
         .flag_if_supported("-fwrapv")
-        .compile("torii_hints_shim");
+        .compile("torii_c_shims");
 }

@@ -1,9 +1,70 @@
 //! Index support: building indexes over a torii table (`index_build_range_scan`) and the
 //! validation pass of CREATE INDEX CONCURRENTLY (`index_validate_scan`).
+//!
+//! PostgreSQL calls the C entry points of `index_shim.c`, which call the bodies here and
+//! re-throw an error they hand back: index expressions, predicates and the index AM's build
+//! callback run user code, and their errors must reach the user with their CONTEXT lines,
+//! which pgrx's error boundary would drop (see the top of `index_shim.c`).
 
 use super::scan::ToriiScan;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+
+extern "C-unwind" {
+    /// The entry points PostgreSQL calls (in the table AM routine).
+    #[allow(clippy::too_many_arguments)]
+    pub fn torii_index_build_range_scan(
+        table: pg_sys::Relation,
+        index: pg_sys::Relation,
+        index_info: *mut pg_sys::IndexInfo,
+        allow_sync: bool,
+        anyvisible: bool,
+        progress: bool,
+        start_blockno: pg_sys::BlockNumber,
+        numblocks: pg_sys::BlockNumber,
+        callback: pg_sys::IndexBuildCallback,
+        callback_state: *mut std::ffi::c_void,
+        scan: pg_sys::TableScanDesc,
+    ) -> f64;
+    pub fn torii_index_validate_scan(
+        table: pg_sys::Relation,
+        index: pg_sys::Relation,
+        index_info: *mut pg_sys::IndexInfo,
+        snapshot: pg_sys::Snapshot,
+        state: *mut pg_sys::ValidateIndexState,
+    );
+    #[allow(clippy::too_many_arguments)]
+    fn torii_form_index_row(
+        index_info: *mut pg_sys::IndexInfo,
+        predicate: *mut pg_sys::ExprState,
+        econtext: *mut pg_sys::ExprContext,
+        estate: *mut pg_sys::EState,
+        slot: *mut pg_sys::TupleTableSlot,
+        values: *mut pg_sys::Datum,
+        isnull: *mut bool,
+        error: *mut *mut pg_sys::ErrorData,
+    ) -> i32;
+    fn torii_call_build_callback(
+        callback: unsafe extern "C-unwind" fn(
+            pg_sys::Relation,
+            pg_sys::ItemPointer,
+            *mut pg_sys::Datum,
+            *mut bool,
+            bool,
+            *mut std::ffi::c_void,
+        ),
+        index: pg_sys::Relation,
+        tid: pg_sys::ItemPointer,
+        values: *mut pg_sys::Datum,
+        isnull: *mut bool,
+        callback_state: *mut std::ffi::c_void,
+        error: *mut *mut pg_sys::ErrorData,
+    );
+}
+
+/// An error raised by user code during a build, copied and cleared; the C entry point
+/// re-throws it once the Rust frames have returned.
+struct CaughtError(*mut pg_sys::ErrorData);
 
 /// Evaluates index expressions and the predicate for one row: the per-row executor state
 /// that `FormIndexDatum` needs, freed on drop.
@@ -13,6 +74,9 @@ struct IndexRowState {
     predicate: *mut pg_sys::ExprState,
     slot: *mut pg_sys::TupleTableSlot,
     index_info: *mut pg_sys::IndexInfo,
+    /// An error interrupted an evaluation: the executor state is left to the abort that
+    /// follows (its memory goes with the transaction's), not freed here.
+    failed: bool,
 }
 
 impl IndexRowState {
@@ -28,23 +92,32 @@ impl IndexRowState {
             predicate,
             slot,
             index_info,
+            failed: false,
         }
     }
 
     /// Forms the index values of the row in `self.slot`; false if the predicate rejects it.
-    unsafe fn form(&mut self, values: &mut [pg_sys::Datum], isnull: &mut [bool]) -> bool {
-        pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
-        if !self.predicate.is_null() && !pg_sys::ExecQual(self.predicate, self.econtext) {
-            return false;
-        }
-        pg_sys::FormIndexDatum(
+    unsafe fn form(
+        &mut self,
+        values: &mut [pg_sys::Datum],
+        isnull: &mut [bool],
+    ) -> Result<bool, CaughtError> {
+        let mut error = std::ptr::null_mut();
+        let r = torii_form_index_row(
             self.index_info,
-            self.slot,
+            self.predicate,
+            self.econtext,
             self.estate,
+            self.slot,
             values.as_mut_ptr(),
             isnull.as_mut_ptr(),
+            &mut error,
         );
-        true
+        if r < 0 {
+            self.failed = true;
+            return Err(CaughtError(error));
+        }
+        Ok(r > 0)
     }
 }
 
@@ -52,17 +125,22 @@ impl Drop for IndexRowState {
     fn drop(&mut self) {
         // SAFETY: created in `new`; FormIndexDatum's cached states are reset like heap does.
         unsafe {
-            pg_sys::ExecDropSingleTupleTableSlot(self.slot);
-            pg_sys::FreeExecutorState(self.estate);
+            if !self.failed {
+                pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+                pg_sys::FreeExecutorState(self.estate);
+            }
             (*self.index_info).ii_ExpressionsState = std::ptr::null_mut();
             (*self.index_info).ii_PredicateState = std::ptr::null_mut();
         }
     }
 }
 
+/// `index_build_range_scan`, called by `torii_index_build_range_scan` (index_shim.c), which
+/// re-throws `*error` when set.
 #[pg_guard]
+#[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub unsafe extern "C-unwind" fn index_build_range_scan(
+pub unsafe extern "C-unwind" fn torii_index_build_range_scan_body(
     table: pg_sys::Relation,
     index: pg_sys::Relation,
     index_info: *mut pg_sys::IndexInfo,
@@ -74,6 +152,7 @@ pub unsafe extern "C-unwind" fn index_build_range_scan(
     callback: pg_sys::IndexBuildCallback,
     callback_state: *mut std::ffi::c_void,
     scan: pg_sys::TableScanDesc,
+    error: *mut *mut pg_sys::ErrorData,
 ) -> f64 {
     let mut st = IndexRowState::new(table, index_info);
     // Without a given scan: a concurrent build indexes what its MVCC snapshot sees (the
@@ -127,19 +206,33 @@ pub unsafe extern "C-unwind" fn index_build_range_scan(
             );
         }
         reltuples += 1.0;
-        if !st.form(&mut values, &mut isnull) {
-            continue;
-        }
-        let mut t = (*st.slot).tts_tid;
-        if let Some(cb) = callback {
-            cb(
+        let formed = st.form(&mut values, &mut isnull).and_then(|keep| {
+            let (Some(cb), true) = (callback, keep) else {
+                return Ok(());
+            };
+            let mut t = (*st.slot).tts_tid;
+            let mut e = std::ptr::null_mut();
+            torii_call_build_callback(
+                cb,
                 index,
                 &mut t,
                 values.as_mut_ptr(),
                 isnull.as_mut_ptr(),
-                true,
                 callback_state,
+                &mut e,
             );
+            if e.is_null() {
+                Ok(())
+            } else {
+                st.failed = true;
+                Err(CaughtError(e))
+            }
+        });
+        if let Err(CaughtError(e)) = formed {
+            // The scan's pins go now; the snapshot and executor state with the abort.
+            super::scan::scan_end(scan);
+            *error = e;
+            return reltuples;
         }
     }
     super::scan::scan_end(scan);
@@ -155,13 +248,17 @@ fn decode_tid(v: i64) -> (u32, u16) {
     ((v >> 16) as u32, (v & 0xffff) as u16)
 }
 
+/// `index_validate_scan`, called by `torii_index_validate_scan` (index_shim.c), which
+/// re-throws `*error` when set.
 #[pg_guard]
-pub unsafe extern "C-unwind" fn index_validate_scan(
+#[no_mangle]
+pub unsafe extern "C-unwind" fn torii_index_validate_scan_body(
     table: pg_sys::Relation,
     index: pg_sys::Relation,
     index_info: *mut pg_sys::IndexInfo,
     snapshot: pg_sys::Snapshot,
     state: *mut pg_sys::ValidateIndexState,
+    error: *mut *mut pg_sys::ErrorData,
 ) {
     // Merge the sorted TIDs already in the index with the rows the reference snapshot sees
     // (visited in TID order) and insert the missing ones.
@@ -203,8 +300,14 @@ pub unsafe extern "C-unwind" fn index_validate_scan(
         if indexed == Some(here) {
             continue;
         }
-        if !st.form(&mut values, &mut isnull) {
-            continue;
+        match st.form(&mut values, &mut isnull) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(CaughtError(e)) => {
+                super::scan::scan_end(scan);
+                *error = e;
+                return;
+            }
         }
         let mut t = (*st.slot).tts_tid;
         let unique = if (*index_info).ii_Unique {

@@ -26,10 +26,27 @@ unsafe fn prepare_row(
     let tup = pg_sys::ExecFetchSlotHeapTuple(slot, true, &mut should_free);
     (*slot).tts_tableOid = (*rel).rd_id;
     (*tup).t_tableOid = (*rel).rd_id;
+    let bytes = form_stored_row(rel, tup, std::ptr::null_mut(), xid, cid, options);
+    stamp_slot_tuple(tup, xid, cid);
     PreparedRow {
-        bytes: form_stored_row(rel, tup, std::ptr::null_mut(), xid, cid, options),
+        bytes,
         slot_tuple: tup,
     }
+}
+
+/// Gives the executor's copy of a row just written the system columns heap gives it (`xmin` =
+/// the writer, `xmax` = none, `cmin` = the command), which `RETURNING xmin, cmin` read. The
+/// stored row has torii's header instead; only the slot's tuple is changed.
+///
+/// # Safety
+/// `tup` must be a valid, writable heap tuple (a slot's materialized tuple).
+pub unsafe fn stamp_slot_tuple(tup: pg_sys::HeapTuple, xid: u64, cid: pg_sys::CommandId) {
+    let td = (*tup).t_data;
+    (*td).t_choice.t_heap.t_xmin = pg_sys::TransactionId::from_inner(xid as u32);
+    (*td).t_choice.t_heap.t_xmax = pg_sys::InvalidTransactionId;
+    (*td).t_choice.t_heap.t_field3.t_cid = cid;
+    (*td).t_infomask &= !(pg_sys::HEAP_XACT_MASK as u16);
+    (*td).t_infomask |= pg_sys::HEAP_XMAX_INVALID as u16;
 }
 
 /// The bytes to store for heap tuple `tup` in `rel`: TOASTed like heap does (into `rel`'s

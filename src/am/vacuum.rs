@@ -530,20 +530,74 @@ pub unsafe fn vacuum(
 
 /// Tells the statistics system that `rel` was vacuumed (`last_vacuum`/`last_autovacuum`, and
 /// `n_dead_tup` back to 0: deleted rows were reclaimed and dead pointers freed, or they are
-/// counted again when discard or ANALYZE meets them). No rows were counted, so the live count
-/// stays what the statistics system has.
+/// counted again when discard or ANALYZE meets them), and the live row count `reltuples`
+/// (unknown, -1, when no pass counted rows: the statistics system's count stays).
 ///
 /// # Safety
 /// `rel` must be an open relation.
-unsafe fn report_vacuum_stats(rel: pg_sys::Relation) {
+unsafe fn report_vacuum_stats(rel: pg_sys::Relation, reltuples: f64) {
     let relid = (*rel).rd_id;
-    let entry = pg_sys::pgstat_fetch_stat_tabentry(relid);
-    let live = if entry.is_null() {
-        ((*(*rel).rd_rel).reltuples as i64).max(0)
+    let live = if reltuples >= 0.0 {
+        reltuples as i64
     } else {
-        (*entry).n_live_tuples
+        let entry = pg_sys::pgstat_fetch_stat_tabentry(relid);
+        if entry.is_null() {
+            0
+        } else {
+            (*entry).n_live_tuples
+        }
     };
     pg_sys::pgstat_report_vacuum(relid, (*(*rel).rd_rel).relisshared, live, 0);
+}
+
+/// The table's row count after a visibility pass that counted `live` rows on the data pages
+/// it read, as heap's `vac_estimate_reltuples` over data pages: exact when no page was
+/// skipped; otherwise the skipped (all-visible) pages are taken to hold their share of the old
+/// count `old` (-1: unknown), or the density of the pages read when there is none.
+fn estimate_rows(old: f64, pass: crate::storage::vm::MarkPass, live: u64) -> f64 {
+    let (read, skipped) = (pass.data_read as f64, pass.skipped as f64);
+    if pass.skipped == 0 {
+        live as f64
+    } else if pass.data_read == 0 {
+        old
+    } else if old < 0.0 {
+        (live as f64 / read * (read + skipped)).round()
+    } else {
+        (old * skipped / (read + skipped) + live as f64).round()
+    }
+}
+
+/// The rows of a data page VACUUM counts as live, as heap's VACUUM does: committed rows not
+/// deleted, and rows whose delete or update is still running or rolled back (their previous
+/// version is the live one). Not counted: rows whose delete committed, inserts still running
+/// or rolled back (no previous version), speculative rows, the stubs of moved rows.
+fn live_rows(p: &[u8]) -> u64 {
+    let mut live = 0;
+    for off in 1..=page::line_pointer_count(p) {
+        let lp = page::line_pointer(p, off);
+        if lp.flags != LP_NORMAL
+            || lp.off < page::pd_upper(p)
+            || lp.off + lp.len > page::SPECIAL_OFFSET
+        {
+            continue;
+        }
+        let row = &p[lp.off..lp.off + lp.len];
+        if torii_core::row::validate(row).is_err() {
+            continue;
+        }
+        let h = RowHeader::read(row);
+        if h.is_moved() || h.is_speculative() {
+            continue;
+        }
+        let committed = writer_status(h.xid) == WriterStatus::Committed;
+        let counts = if h.is_deleted() {
+            !committed
+        } else {
+            committed || !h.undo.is_none()
+        };
+        live += counts as u64;
+    }
+    live
 }
 
 /// What index AMs are told about a VACUUM of `rel` (row count estimated, quiet).
@@ -696,11 +750,19 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
     // The visibility map, for index-only scans. An anti-wraparound VACUUM only advances
     // relfrozenxid, which needs no data page: it leaves the map to the next ordinary VACUUM.
     let nblocks = pages::nblocks(rel);
+    // VACUUM counts no rows: keep ANALYZE's estimate (-1 would make it unknown again) unless
+    // the visibility pass below counts them.
+    let mut reltuples = (*(*rel).rd_rel).reltuples as f64;
     if !(*params).is_wraparound && nblocks > 0 {
-        let marked = crate::storage::vm::mark_all_visible(rel, oldest_needed(rel), bstrategy);
+        let mut live = 0u64;
+        let pass = crate::storage::vm::mark_all_visible(rel, oldest_needed(rel), bstrategy, |p| {
+            live += live_rows(p)
+        });
+        reltuples = estimate_rows(reltuples, pass, live);
         debug1!(
-            "torii: {marked} pages of \"{}\" marked all-visible",
-            crate::storage::rel_name(rel)
+            "torii: \"{}\": {:?}, {live} live rows, reltuples {reltuples}",
+            crate::storage::rel_name(rel),
+            pass
         );
     }
     let all_visible = if nblocks > 0 {
@@ -723,11 +785,10 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
     } else {
         pg_sys::TransactionId::from_inner(h as u32)
     };
-    // VACUUM counts no rows: keep ANALYZE's estimate (-1 would make it unknown again).
     pg_sys::vac_update_relstats(
         rel,
         nblocks,
-        (*(*rel).rd_rel).reltuples as f64,
+        reltuples,
         all_visible,
         (*(*rel).rd_rel).relhasindex,
         frozen,
@@ -736,7 +797,7 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
         std::ptr::null_mut(),
         false,
     );
-    report_vacuum_stats(rel);
+    report_vacuum_stats(rel, reltuples);
     let _ = tid;
     debug1!(
         "torii: vacuum of \"{}\": {:?}",

@@ -19,7 +19,7 @@
 //!   follows must accept that version although the statement's snapshot does not see it: a
 //!   backend-local note of the locked version ([`LOCKED_VERSIONS`]) says so.
 
-use super::modify::{current_xid, form_stored_row, insert_row_bytes};
+use super::modify::{current_xid, form_stored_row, insert_row_bytes, stamp_slot_tuple};
 use super::visibility::{mvcc_sees_change, writer_status_in, xid_of, Snap, Version, WriterStatus};
 use crate::storage::buffer::{Lock, LockedBuffer};
 use crate::storage::{pages, tid, tid_parts, undo, wal};
@@ -521,8 +521,23 @@ pub unsafe extern "C-unwind" fn tuple_update(
         pg_sys::LockTupleMode::LockTupleNoKeyExclusive
     };
     *lockmode = mode;
-    let Some(_lock) = TupleLock::acquire(rel, t, hw_mode(mode), wait) else {
-        return pg_sys::TM_Result::TM_WouldBlock;
+    // A non-key update of a row whose newest version this transaction wrote needs no tuple
+    // lock, as in heap: whoever else wants the row waits for this transaction (possibly
+    // holding the tuple lock meanwhile, as heap's waiters do), and the only row locks others
+    // can have taken since are KEY SHARE, which it does not conflict with. Waiting here could
+    // only deadlock with those waiters (isolation spec fk-deadlock2). A cold update still
+    // takes the exclusive lock below.
+    let own_change = peek.as_deref().is_some_and(|r| {
+        let h = RowHeader::read(r);
+        !h.is_deleted() && !h.is_locked() && writer_status_in(rel, h.xid) == WriterStatus::Current
+    });
+    let _lock = if own_change && mode == pg_sys::LockTupleMode::LockTupleNoKeyExclusive {
+        None
+    } else {
+        let Some(l) = TupleLock::acquire(rel, t, hw_mode(mode), wait) else {
+            return pg_sys::TM_Result::TM_WouldBlock;
+        };
+        Some(l)
     };
     let old = match check_for_write(
         rel,
@@ -549,6 +564,7 @@ pub unsafe extern "C-unwind" fn tuple_update(
         t_tableOid: (*rel).rd_id,
     };
     let new_bytes = form_stored_row(rel, newtup, &mut old_tup, xid, cid, 0);
+    stamp_slot_tuple(newtup, xid, cid);
     let indexes_changed = index_attrs_changed(
         rel,
         &old,

@@ -410,6 +410,18 @@ pub unsafe fn find_room(
         ensure_metapage(rel);
         nblocks = self::nblocks(rel);
         blk = pg_sys::GetPageWithFreeSpace(rel, request);
+        // As heap: when the map knows nothing (a small table, or one never vacuumed), try the
+        // last pages before extending, or every new session (and every relcache reset) would
+        // start a page of its own. The last block is often an undo page, so look a few back.
+        if blk == pg_sys::InvalidBlockNumber {
+            if let Some(b) = last_data_page_with_room(rel, nblocks, len + reserve, strategy) {
+                (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = b.block();
+                return Target {
+                    buf: b,
+                    format: false,
+                };
+            }
+        }
     }
     // Like heap, follow the free space map until it has nothing: every page that turns out
     // too full corrects its entry, so stale entries (pages refilled since their space was
@@ -463,6 +475,34 @@ pub unsafe fn find_room(
         buf: b,
         format: true,
     }
+}
+
+/// How many blocks from the end [`last_data_page_with_room`] looks at.
+const LAST_PAGES_TRIED: u32 = 4;
+
+/// One of the last [`LAST_PAGES_TRIED`] blocks that is a data page with room for `need` bytes,
+/// exclusively locked.
+///
+/// # Safety
+/// `rel` must be open with at least RowExclusiveLock; `nblocks` its current size.
+unsafe fn last_data_page_with_room(
+    rel: pg_sys::Relation,
+    nblocks: u32,
+    need: usize,
+    strategy: pg_sys::BufferAccessStrategy,
+) -> Option<LockedBuffer> {
+    let first = nblocks.saturating_sub(LAST_PAGES_TRIED).max(1);
+    for blk in (first..nblocks).rev() {
+        let b = LockedBuffer::read(rel, blk, Lock::Exclusive, strategy);
+        if page::is_new(b.page()) {
+            continue;
+        }
+        check_locked(rel, &b);
+        if page::kind(b.page()) == Some(PageKind::Data) && fits(b.page(), need) {
+            return Some(b);
+        }
+    }
+    None
 }
 
 /// Tells the free space map what is left on a page we filled.

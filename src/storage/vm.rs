@@ -120,8 +120,20 @@ pub unsafe fn page_is_all_visible(p: &[u8], oldest: u64) -> bool {
     true
 }
 
+/// What [`mark_all_visible`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MarkPass {
+    /// Pages newly marked all-visible.
+    pub marked: u32,
+    /// Data pages read.
+    pub data_read: u32,
+    /// Pages skipped because they were marked already (all are data pages).
+    pub skipped: u32,
+}
+
 /// VACUUM: marks data pages whose rows every snapshot sees all-visible; pages already marked
-/// are skipped without being read. Returns the number of pages marked.
+/// are skipped without being read. `each_data_page` sees a copy of every data page read (for
+/// VACUUM's row count).
 ///
 /// # Safety
 /// `rel` must be an open torii table locked by VACUUM.
@@ -129,7 +141,8 @@ pub unsafe fn mark_all_visible(
     rel: pg_sys::Relation,
     oldest: u64,
     strategy: pg_sys::BufferAccessStrategy,
-) -> u32 {
+    mut each_data_page: impl FnMut(&[u8]),
+) -> MarkPass {
     let nblocks = super::pages::nblocks(rel);
     // The map page pinned by the visibilitymap_* calls, kept across blocks; released on drop
     // (also after an ERROR).
@@ -144,15 +157,27 @@ pub unsafe fn mark_all_visible(
     }
     let mut pin = MapPin(pg_sys::InvalidBuffer as pg_sys::Buffer);
     let mut copy = vec![0u8; page::BLCKSZ];
-    let mut marked = 0;
+    let marked_now: Vec<bool> = (0..nblocks)
+        .map(|blk| {
+            blk > 0
+                && pg_sys::visibilitymap_get_status(rel, blk, &mut pin.0) as u8 & vm::ALL_VISIBLE
+                    != 0
+        })
+        .collect();
+    let skip = vm::skippable(&marked_now);
+    let mut pass = MarkPass::default();
     for blk in 1..nblocks {
         pgrx::check_for_interrupts!();
-        if pg_sys::visibilitymap_get_status(rel, blk, &mut pin.0) as u8 & vm::ALL_VISIBLE != 0 {
+        if skip[blk as usize] {
+            pass.skipped += 1;
             continue;
         }
-        if super::pages::copy_page(rel, blk, strategy, &mut copy) != Some(PageKind::Data)
-            || !page_is_all_visible(&copy, oldest)
-        {
+        if super::pages::copy_page(rel, blk, strategy, &mut copy) != Some(PageKind::Data) {
+            continue;
+        }
+        pass.data_read += 1;
+        each_data_page(&copy);
+        if marked_now[blk as usize] || !page_is_all_visible(&copy, oldest) {
             continue;
         }
         // Pin (and extend) the map before locking the data page, as heap does.
@@ -175,9 +200,9 @@ pub unsafe fn mark_all_visible(
         }
         let _unlock = Unlock(vmbuf);
         log_change(rel, &b, Some(vmbuf), vm::location(blk), true);
-        marked += 1;
+        pass.marked += 1;
     }
-    marked
+    pass
 }
 
 /// Pages the map says are all-visible (for `relallvisible`).

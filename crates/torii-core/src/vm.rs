@@ -100,6 +100,25 @@ pub fn set_page_all_visible(p: &mut [u8], on: bool) {
     p[10..12].copy_from_slice(&f.to_ne_bytes());
 }
 
+/// Marked pages VACUUM skips, as heap's VACUUM: only runs of at least this many, since
+/// reading a few pages costs little next to a seek and keeps the row count exact.
+pub const SKIP_PAGES_THRESHOLD: usize = 32;
+
+/// Which blocks to skip, given which are marked all-visible: those in runs of marked blocks
+/// at least [`SKIP_PAGES_THRESHOLD`] long.
+pub fn skippable(marked: &[bool]) -> Vec<bool> {
+    let mut skip = vec![false; marked.len()];
+    let mut start = 0;
+    while start < marked.len() {
+        let len = marked[start..].iter().take_while(|&&m| m).count();
+        if len >= SKIP_PAGES_THRESHOLD {
+            skip[start..start + len].fill(true);
+        }
+        start += len.max(1);
+    }
+    skip
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +190,19 @@ mod tests {
         set_page_all_visible(&mut p, false);
         page::set_checksum(&mut p);
         assert!(!page_all_visible(&p) && page::verify(&p).is_ok());
+    }
+
+    #[test]
+    fn vacuum_skips_only_long_runs_of_marked_pages() {
+        let mut marked = vec![false; 100];
+        marked[1..20].fill(true); // too short: read
+        marked[30..30 + SKIP_PAGES_THRESHOLD].fill(true); // exactly long enough: skipped
+        marked[80..99].fill(true);
+        let skip = skippable(&marked);
+        assert_eq!(skip.iter().filter(|&&s| s).count(), SKIP_PAGES_THRESHOLD);
+        assert!(skip[30..30 + SKIP_PAGES_THRESHOLD].iter().all(|&s| s));
+        assert!(!skip[29] && !skip[30 + SKIP_PAGES_THRESHOLD] && !skip[1] && !skip[98]);
+        assert!(skippable(&[]).is_empty());
+        assert_eq!(skippable(&[true; 40]), vec![true; 40]);
     }
 }
