@@ -1418,3 +1418,50 @@ fn key_share_in_repeatable_read_after_non_key_update() -> Result<()> {
     expect(&t, "id|id|note\n1|2|changed\n");
     c.assert_no_crash()
 }
+
+/// EvalPlanQual re-reads the rows of tables the statement does not lock by TID: on heap that
+/// TID names the version the statement's snapshot saw, so a concurrent committed change of
+/// such a row stays invisible while the locked or updated table's row is rechecked at its
+/// newest version. torii must give the same answers.
+#[test]
+fn recheck_reads_unlocked_tables_as_of_the_statement() -> Result<()> {
+    let c = iso_cluster("iso-epq-rowmark")?;
+    let t = same_as_heap(
+        &c,
+        &["a", "b"],
+        "CREATE TABLE ea (id int PRIMARY KEY, v int); \
+         CREATE TABLE eb (id int PRIMARY KEY, v int); \
+         INSERT INTO ea VALUES (1, 10), (2, 20); \
+         INSERT INTO eb VALUES (1, 100), (2, 200)",
+        &[
+            (
+                "a",
+                "BEGIN; UPDATE ea SET v = v + 1 WHERE id = 1; \
+                 UPDATE eb SET v = v + 1 WHERE id = 1",
+            ),
+            (
+                "b",
+                "SELECT ea.id, ea.v, eb.v FROM ea JOIN eb ON ea.id = eb.id \
+                 ORDER BY ea.id FOR UPDATE OF ea",
+            ),
+            ("a", "COMMIT"),
+            (
+                "a",
+                "BEGIN; UPDATE ea SET v = v + 1 WHERE id = 2; \
+                 UPDATE eb SET v = v + 1 WHERE id = 2",
+            ),
+            (
+                "b",
+                "UPDATE ea SET v = ea.v + eb.v FROM eb WHERE eb.id = ea.id AND ea.id = 2 \
+                 RETURNING ea.v",
+            ),
+            ("a", "COMMIT"),
+            ("a", "SELECT id, v FROM ea ORDER BY id"),
+        ],
+    )?;
+    // The locked row at its newest version (11), the other table's as the statement saw it.
+    expect(&t, "id|v|v\n1|11|100\n2|20|200\n");
+    // 21 (ea's newest) + 200 (eb as of the statement's snapshot).
+    expect(&t, "v\n221\n");
+    c.assert_no_crash()
+}

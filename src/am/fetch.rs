@@ -9,12 +9,26 @@ use crate::storage::{pages, tid_parts};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use torii_core::page::{self, PageKind, LP_DEAD, LP_NORMAL};
+use torii_core::visibility::{SnapshotKind, XactOracle};
 
 /// Reads the row at `tid` if `snapshot` sees it, and stores a copy in `slot`.
 unsafe fn fetch_into(
     rel: pg_sys::Relation,
     tid: &pg_sys::ItemPointerData,
     snap: &Snap,
+    slot: *mut pg_sys::TupleTableSlot,
+) -> bool {
+    fetch_version_into(rel, tid, snap, None, slot)
+}
+
+/// [`fetch_into`]; with `as_of`, the version that snapshot sees is returned instead when there
+/// is one, unless this transaction wrote or locked the row's newest version (see
+/// `tuple_fetch_row_version`).
+unsafe fn fetch_version_into(
+    rel: pg_sys::Relation,
+    tid: &pg_sys::ItemPointerData,
+    snap: &Snap,
+    as_of: Option<&Snap>,
     slot: *mut pg_sys::TupleTableSlot,
 ) -> bool {
     let (blk, off) = tid_parts(tid);
@@ -41,11 +55,18 @@ unsafe fn fetch_into(
             &page::PageError::Malformed(format!("row {off}: {e}")),
         );
     }
-    let version: Option<Vec<u8>> = match snap.resolve(rel, row) {
+    let resolve = |s: &Snap| match s.resolve(rel, row) {
         Version::None => None,
         Version::Current(r) => Some(r.to_vec()),
         Version::Old(img) => Some(img),
     };
+    let newest = torii_core::row::RowHeader::read(row).xid;
+    let version: Option<Vec<u8>> = as_of
+        .filter(|a| {
+            !a.oracle.is_current(newest) && !super::write::locked_version_is(rel, blk, off, newest)
+        })
+        .and_then(resolve)
+        .or_else(|| resolve(snap));
     drop(b);
     let Some(v) = version else {
         return false;
@@ -215,7 +236,22 @@ pub unsafe extern "C-unwind" fn tuple_fetch_row_version(
     slot: *mut pg_sys::TupleTableSlot,
 ) -> bool {
     let snap = Snap::for_row_fetch(snapshot);
-    fetch_into(rel, &*tid, &snap, slot)
+    // A heap TID names one version: the one the executor's scan found (its snapshot's), or
+    // the newest it locked or wrote since. A torii TID names the row, so a SnapshotAny fetch
+    // answers as of the active snapshot unless this transaction wrote or locked the newest
+    // version: EvalPlanQual re-reading a row of a table it does not lock (ROW_MARK_REFERENCE)
+    // then sees the row the statement saw, as on heap; an UPDATE builds its new row from the
+    // version its scan saw, and the concurrent update it then reports takes it through
+    // EvalPlanQual to the newest version (locked, so fetched as the newest), as on heap.
+    let as_of = if snap.kind == SnapshotKind::RowVersion
+        && pg_sys::ActiveSnapshotSet()
+        && (*pg_sys::GetActiveSnapshot()).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_MVCC
+    {
+        Some(Snap::new(pg_sys::GetActiveSnapshot()))
+    } else {
+        None
+    };
+    fetch_version_into(rel, &*tid, &snap, as_of.as_ref(), slot)
 }
 
 #[pg_guard]

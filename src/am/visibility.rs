@@ -67,7 +67,7 @@ impl XactOracle for PgOracle {
 pub struct Snap {
     pub raw: pg_sys::Snapshot,
     pub kind: SnapshotKind,
-    oracle: PgOracle,
+    pub(super) oracle: PgOracle,
 }
 
 /// Special "snapshot" for index builds and VACUUM FULL: every row whose writer did not abort.

@@ -77,7 +77,12 @@ unsafe fn note_locked_version(rel: pg_sys::Relation, blk: u32, off: u16, writer:
     });
 }
 
-unsafe fn locked_version_is(rel: pg_sys::Relation, blk: u32, off: u16, writer: u64) -> bool {
+pub(super) unsafe fn locked_version_is(
+    rel: pg_sys::Relation,
+    blk: u32,
+    off: u16,
+    writer: u64,
+) -> bool {
     let key = (u32::from((*rel).rd_id), blk, off);
     let top = top_xid();
     LOCKED_VERSIONS.with(|m| m.borrow().get(&key) == Some(&(top, writer)))

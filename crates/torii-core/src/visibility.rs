@@ -32,7 +32,10 @@
 //! running change: if that transaction aborts, the update would write its values. Changes of
 //! running transactions are therefore not in effect; the executor's own and committed ones
 //! are (a committed change its snapshot does not see makes the update report a concurrent
-//! update and re-fetch after locking, as with heap).
+//! update and re-fetch after locking, as with heap). Before falling back to `RowVersion`, the
+//! glue (`tuple_fetch_row_version`) answers as of the active MVCC snapshot unless this
+//! transaction wrote or locked the newest version: that is the version a heap TID from the
+//! statement's scan names (EvalPlanQual re-reads rows of tables it does not lock that way).
 
 /// The snapshot kinds the executor hands to a table AM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
