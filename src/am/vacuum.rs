@@ -550,12 +550,12 @@ unsafe fn report_vacuum_stats(rel: pg_sys::Relation, reltuples: f64) {
     pg_sys::pgstat_report_vacuum(relid, (*(*rel).rd_rel).relisshared, live, 0);
 }
 
-/// The table's row count after a visibility pass that counted `live` rows on the data pages
+/// The table's row count after a visibility pass that counted the live rows of the data pages
 /// it read, as heap's `vac_estimate_reltuples` over data pages: exact when no page was
 /// skipped; otherwise the skipped (all-visible) pages are taken to hold their share of the old
 /// count `old` (-1: unknown), or the density of the pages read when there is none.
-fn estimate_rows(old: f64, pass: crate::storage::vm::MarkPass, live: u64) -> f64 {
-    let (read, skipped) = (pass.data_read as f64, pass.skipped as f64);
+fn estimate_rows(old: f64, pass: crate::storage::vm::MarkPass) -> f64 {
+    let (read, skipped, live) = (pass.data_read as f64, pass.skipped as f64, pass.live);
     if pass.skipped == 0 {
         live as f64
     } else if pass.data_read == 0 {
@@ -565,39 +565,6 @@ fn estimate_rows(old: f64, pass: crate::storage::vm::MarkPass, live: u64) -> f64
     } else {
         (old * skipped / (read + skipped) + live as f64).round()
     }
-}
-
-/// The rows of a data page VACUUM counts as live, as heap's VACUUM does: committed rows not
-/// deleted, and rows whose delete or update is still running or rolled back (their previous
-/// version is the live one). Not counted: rows whose delete committed, inserts still running
-/// or rolled back (no previous version), speculative rows, the stubs of moved rows.
-fn live_rows(p: &[u8]) -> u64 {
-    let mut live = 0;
-    for off in 1..=page::line_pointer_count(p) {
-        let lp = page::line_pointer(p, off);
-        if lp.flags != LP_NORMAL
-            || lp.off < page::pd_upper(p)
-            || lp.off + lp.len > page::SPECIAL_OFFSET
-        {
-            continue;
-        }
-        let row = &p[lp.off..lp.off + lp.len];
-        if torii_core::row::validate(row).is_err() {
-            continue;
-        }
-        let h = RowHeader::read(row);
-        if h.is_moved() || h.is_speculative() {
-            continue;
-        }
-        let committed = writer_status(h.xid) == WriterStatus::Committed;
-        let counts = if h.is_deleted() {
-            !committed
-        } else {
-            committed || !h.undo.is_none()
-        };
-        live += counts as u64;
-    }
-    live
 }
 
 /// What index AMs are told about a VACUUM of `rel` (row count estimated, quiet).
@@ -754,13 +721,10 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
     // the visibility pass below counts them.
     let mut reltuples = (*(*rel).rd_rel).reltuples as f64;
     if !(*params).is_wraparound && nblocks > 0 {
-        let mut live = 0u64;
-        let pass = crate::storage::vm::mark_all_visible(rel, oldest_needed(rel), bstrategy, |p| {
-            live += live_rows(p)
-        });
-        reltuples = estimate_rows(reltuples, pass, live);
+        let pass = crate::storage::vm::mark_all_visible(rel, oldest_needed(rel), bstrategy);
+        reltuples = estimate_rows(reltuples, pass);
         debug1!(
-            "torii: \"{}\": {:?}, {live} live rows, reltuples {reltuples}",
+            "torii: \"{}\": {:?}, reltuples {reltuples}",
             crate::storage::rel_name(rel),
             pass
         );

@@ -415,11 +415,7 @@ pub unsafe fn find_room(
         // start a page of its own. The last block is often an undo page, so look a few back.
         if blk == pg_sys::InvalidBlockNumber {
             if let Some(b) = last_data_page_with_room(rel, nblocks, len + reserve, strategy) {
-                (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = b.block();
-                return Target {
-                    buf: b,
-                    format: false,
-                };
+                return target(rel, b, false);
             }
         }
     }
@@ -433,19 +429,11 @@ pub unsafe fn find_room(
         let b = LockedBuffer::read(rel, blk, Lock::Exclusive, strategy);
         let p = b.page();
         if page::is_new(p) {
-            (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = blk;
-            return Target {
-                buf: b,
-                format: true,
-            };
+            return target(rel, b, true);
         }
         check_locked(rel, &b);
         if page::kind(p) == Some(PageKind::Data) && fits(p, len + reserve) {
-            (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = blk;
-            return Target {
-                buf: b,
-                format: false,
-            };
+            return target(rel, b, false);
         }
         // A page whose line pointers are all taken has no room, whatever its free bytes.
         let free = if page::kind(p) == Some(PageKind::Data)
@@ -463,18 +451,19 @@ pub unsafe fn find_room(
     }
     // An empty page freed by undo discard, before the file grows.
     if let Some(b) = pop_free_page_as_data(rel) {
-        (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = b.block();
-        return Target {
-            buf: b,
-            format: false,
-        };
+        return target(rel, b, false);
     }
     let b = extend(rel, strategy);
+    target(rel, b, true)
+}
+
+/// The insert target `b`, remembered as the relation's target block for the next insert.
+///
+/// # Safety
+/// `rel` must be open and `b` one of its pages.
+unsafe fn target(rel: pg_sys::Relation, b: LockedBuffer, format: bool) -> Target {
     (*pg_sys::RelationGetSmgr(rel)).smgr_targblock = b.block();
-    Target {
-        buf: b,
-        format: true,
-    }
+    Target { buf: b, format }
 }
 
 /// How many blocks from the end [`last_data_page_with_room`] looks at.

@@ -87,37 +87,63 @@ pub unsafe fn clear_before_change(rel: pg_sys::Relation, data: &LockedBuffer) {
     log_change(rel, data, map.as_ref().map(|m| m.buffer()), loc, false);
 }
 
-/// Whether every row of a data page is visible to every snapshot: each normal row's writer is
-/// committed and older than `oldest` (no snapshot can need an older version), and no row is
-/// deleted, moved, speculative or a dead pointer.
+/// What VACUUM learns from one read of a data page, one writer lookup per row.
+#[derive(Debug, Clone, Copy)]
+pub struct PageCensus {
+    /// Every row is visible to every snapshot: each normal row's writer is committed and
+    /// older than `oldest` (no snapshot can need an older version), and no row is deleted,
+    /// moved, speculative or a dead pointer.
+    pub all_visible: bool,
+    /// The rows heap's VACUUM would count live: committed rows not deleted, and rows whose
+    /// delete or update is still running or rolled back (their previous version is the live
+    /// one). Not counted: rows whose delete committed, inserts still running or rolled back
+    /// (no previous version), speculative rows, the stubs of moved rows.
+    pub live: u64,
+}
+
+/// Takes the [`PageCensus`] of a data page.
 ///
 /// # Safety
 /// Reads CLOG for the writers.
-pub unsafe fn page_is_all_visible(p: &[u8], oldest: u64) -> bool {
+pub unsafe fn census(p: &[u8], oldest: u64) -> PageCensus {
     use crate::am::visibility::{writer_status, WriterStatus};
+    let mut c = PageCensus {
+        all_visible: true,
+        live: 0,
+    };
     for off in 1..=page::line_pointer_count(p) {
         let lp = page::line_pointer(p, off);
         match lp.flags {
             page::LP_UNUSED => continue,
             page::LP_NORMAL => {}
-            _ => return false,
+            _ => {
+                c.all_visible = false;
+                continue;
+            }
         }
-        if lp.off < page::pd_upper(p) || lp.off + lp.len > page::SPECIAL_OFFSET {
-            return false;
-        }
-        let row = &p[lp.off..lp.off + lp.len];
-        if torii_core::row::validate(row).is_err() {
-            return false;
-        }
+        let row = (lp.off >= page::pd_upper(p) && lp.off + lp.len <= page::SPECIAL_OFFSET)
+            .then(|| &p[lp.off..lp.off + lp.len])
+            .filter(|row| torii_core::row::validate(row).is_ok());
+        let Some(row) = row else {
+            c.all_visible = false;
+            continue;
+        };
         let h = torii_core::row::RowHeader::read(row);
-        if h.is_deleted() || h.is_speculative() || h.xid >= oldest {
-            return false;
+        let committed = writer_status(h.xid) == WriterStatus::Committed;
+        if h.is_deleted() || h.is_speculative() || h.xid >= oldest || !committed {
+            c.all_visible = false;
         }
-        if writer_status(h.xid) != WriterStatus::Committed {
-            return false;
+        if h.is_moved() || h.is_speculative() {
+            continue;
         }
+        let live = if h.is_deleted() {
+            !committed
+        } else {
+            committed || !h.undo.is_none()
+        };
+        c.live += live as u64;
     }
-    true
+    c
 }
 
 /// What [`mark_all_visible`] did.
@@ -129,11 +155,13 @@ pub struct MarkPass {
     pub data_read: u32,
     /// Pages skipped because they were marked already (all are data pages).
     pub skipped: u32,
+    /// Live rows on the data pages read ([`PageCensus::live`]).
+    pub live: u64,
 }
 
-/// VACUUM: marks data pages whose rows every snapshot sees all-visible; pages already marked
-/// are skipped without being read. `each_data_page` sees a copy of every data page read (for
-/// VACUUM's row count).
+/// VACUUM: marks data pages whose rows every snapshot sees all-visible, and counts the live
+/// rows of the pages it reads (for VACUUM's row count). Pages already marked are skipped
+/// without being read when they form a long enough run ([`vm::skippable`]).
 ///
 /// # Safety
 /// `rel` must be an open torii table locked by VACUUM.
@@ -141,7 +169,6 @@ pub unsafe fn mark_all_visible(
     rel: pg_sys::Relation,
     oldest: u64,
     strategy: pg_sys::BufferAccessStrategy,
-    mut each_data_page: impl FnMut(&[u8]),
 ) -> MarkPass {
     let nblocks = super::pages::nblocks(rel);
     // The map page pinned by the visibilitymap_* calls, kept across blocks; released on drop
@@ -176,8 +203,9 @@ pub unsafe fn mark_all_visible(
             continue;
         }
         pass.data_read += 1;
-        each_data_page(&copy);
-        if marked_now[blk as usize] || !page_is_all_visible(&copy, oldest) {
+        let c = census(&copy, oldest);
+        pass.live += c.live;
+        if marked_now[blk as usize] || !c.all_visible {
             continue;
         }
         // Pin (and extend) the map before locking the data page, as heap does.
@@ -185,7 +213,7 @@ pub unsafe fn mark_all_visible(
         let b = LockedBuffer::read(rel, blk, Lock::Exclusive, strategy);
         if page::kind(b.page()) != Some(PageKind::Data)
             || vm::page_all_visible(b.page())
-            || !page_is_all_visible(b.page(), oldest)
+            || !census(b.page(), oldest).all_visible
         {
             continue;
         }
