@@ -8,7 +8,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 need_pkgs=()
-for p in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
+for p in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo libssl-dev pkg-config build-essential; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

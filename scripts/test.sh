@@ -2,7 +2,8 @@
 # Installs what is missing, builds and installs torii, and runs every test:
 #   1. plain unit tests of the pgrx-free crates,
 #   2. #[pg_test]s inside a server (cargo pgrx test),
-#   3. whole-cluster tests (harness/tests: pg_regress files, crash, checksums, storage),
+#   3. whole-cluster tests (harness/tests: pg_regress files, crash, checksums, storage), with
+#      torii preloaded (row-level WAL), and a subset again with generic WAL (not preloaded),
 #   4. PostgreSQL's own regression and isolation suites on torii vs heap (scripts/pg-suite).
 # Set TORII_SKIP_SUITE=1 to skip step 4.
 set -euo pipefail
@@ -20,8 +21,12 @@ PGDATA_DIR="${TMPDIR:-/tmp}/torii-pgrx-test"
 rm -rf "$PGDATA_DIR"
 cargo pgrx test pg15 --release --runas postgres --pgdata "$PGDATA_DIR"
 
-echo "==> 3/4 whole-cluster tests"
+echo "==> 3/4 whole-cluster tests (torii preloaded: row-level WAL)"
 cargo test --release -p torii-harness -- --test-threads=2
+
+echo "==> 3/4 whole-cluster tests again with generic WAL (torii not preloaded): crash, replication, wraparound"
+TORII_WAL=generic cargo test --release -p torii-harness \
+    --test crash --test replication --test wraparound --test wal_modes -- --test-threads=2
 
 if [ "${TORII_SKIP_SUITE:-0}" != 1 ] && [ -x scripts/pg-suite/run.sh ]; then
     echo "==> 4/4 PostgreSQL regression and isolation suites (heap vs torii)"

@@ -331,8 +331,13 @@ impl Cluster {
             "dynamic_shared_memory_type = posix".into(),
             // crash recovery starts by syncing the data directory; syncfs is much faster here
             "recovery_init_sync_method = syncfs".into(),
-            "# --- extra settings ---".into(),
         ];
+        // torii's row-level WAL needs its resource manager, which only a preloaded library can
+        // register; TORII_WAL=generic runs torii unloaded, with generic WAL.
+        if !crate::testing::generic_wal() {
+            conf.push("shared_preload_libraries = 'torii'".into());
+        }
+        conf.push("# --- extra settings ---".into());
         conf.extend(extra_conf.iter().map(|s| s.to_string()));
         self.append_conf(&conf.iter().map(|s| s.as_str()).collect::<Vec<_>>())
     }

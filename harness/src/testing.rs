@@ -25,6 +25,24 @@ pub fn is_torii() -> bool {
     am() == "torii"
 }
 
+/// Whether whole-cluster tests run torii with generic WAL (`TORII_WAL=generic`: torii not
+/// preloaded, so its resource manager is not registered) instead of its row-level records
+/// (the default: clusters preload torii, see [`crate::Cluster`]).
+pub fn generic_wal() -> bool {
+    std::env::var("TORII_WAL").is_ok_and(|v| v == "generic")
+}
+
+/// The `wal_consistency_checking` line for tests that replay WAL (crash recovery, standbys):
+/// every torii (and generic) record carries a page image that redo's result is compared with,
+/// byte for byte after masking; a mismatch stops recovery with "inconsistent page found".
+pub fn wal_check_conf() -> &'static str {
+    if generic_wal() {
+        "wal_consistency_checking = 'generic'"
+    } else {
+        "wal_consistency_checking = 'torii,generic'"
+    }
+}
+
 /// Start a cluster and create database [`DB`], with `CREATE EXTENSION torii` when torii is
 /// under test. Returns the cluster and a connection to [`DB`].
 pub fn cluster_with_db(name: &str) -> Result<(Cluster, Client)> {

@@ -21,9 +21,32 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use torii_harness::testing::{am, cluster_with_db, is_torii, DB};
-use torii_harness::{err, sql, Cluster, Result};
+use torii_harness::{err, sql, Result};
 
 const SESSIONS: usize = 4;
+/// Inserts the 4 sessions must have had acknowledged in the 3 s before the kill, at least.
+const MIN_INSERTS_BEFORE_KILL: usize = 500;
+
+/// The server error (SQLSTATE, message ...) or the client error.
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}", db.severity(), sql::describe(e)),
+        None => sql::describe(e),
+    }
+}
+
+/// Whether `e` is the end of the connection while the test kills the postmaster on purpose
+/// (`killing` set just before): a closed or reset connection, or FATAL 57P01 "terminating
+/// connection due to unexpected postmaster exit". Any other error is not.
+fn gone(e: &postgres::Error, killing: &AtomicBool) -> bool {
+    if !killing.load(Ordering::SeqCst) {
+        return false;
+    }
+    match e.as_db_error() {
+        Some(db) => db.severity() == "FATAL" && db.code().code() == "57P01",
+        None => true,
+    }
+}
 
 fn verify_clean(cl: &mut Client, index: &str, heapallindexed: bool) -> Result<()> {
     let rows = sql::rows_text(
@@ -136,7 +159,12 @@ fn unique_inserts_from_four_sessions() -> Result<()> {
                         Err(e) if sql::sqlstate(&e).as_deref() == Some("23505") => {
                             lost += 1;
                         }
-                        Err(e) => return Err(e.into()),
+                        Err(e) => {
+                            return Err(err(format!(
+                                "session {s}, INSERT of key {k}: {} (only 23505 is expected)",
+                                describe(&e)
+                            )))
+                        }
                     }
                 }
                 Ok((won, lost))
@@ -209,18 +237,29 @@ fn kill9_during_build_and_inserts() -> Result<()> {
         ))?;
         load(&mut cl, &t, 1, 300_000)?;
         // 1. kill -9 while CREATE INDEX runs.
+        let killing = Arc::new(AtomicBool::new(false));
         let builder = {
             let mut bc = c.connect(DB)?;
             let t = t.clone();
-            thread::spawn(move || {
-                let _ = bc.batch_execute(&format!(
+            let killing = killing.clone();
+            thread::spawn(move || -> std::result::Result<bool, String> {
+                match bc.batch_execute(&format!(
                     "CREATE INDEX {t}_s ON {t} USING torii_btree (s, g)"
-                ));
+                )) {
+                    Ok(()) => Ok(true),
+                    Err(e) if gone(&e, &killing) => Ok(false),
+                    Err(e) => Err(format!("CREATE INDEX on {t}: {}", describe(&e))),
+                }
             })
         };
         thread::sleep(Duration::from_millis(400));
+        killing.store(true, Ordering::SeqCst);
         c.kill9()?;
-        let _ = builder.join();
+        let built = builder
+            .join()
+            .map_err(|_| err("builder panicked"))?
+            .map_err(err)?;
+        eprintln!("{t}: CREATE INDEX finished before the kill: {built}");
         c.start()?;
         let mut cl2 = c.connect(DB)?;
         let exists: i64 = sql::scalar(
@@ -241,36 +280,62 @@ fn kill9_during_build_and_inserts() -> Result<()> {
             "CREATE UNIQUE INDEX {t}_id ON {t} USING torii_btree (id)"
         ))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let killing = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
         for s in 0..SESSIONS {
             let mut sc = c.connect(DB)?;
-            let stop = stop.clone();
+            let (stop, killing) = (stop.clone(), killing.clone());
             let t = t.clone();
-            handles.push(thread::spawn(move || {
-                let mut rng = StdRng::seed_from_u64(s as u64);
-                let mut committed = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    // Overlapping keys above the loaded ones; random order causes splits all over.
-                    let k: i32 = 300_001 + rng.gen_range(0..200_000);
-                    match sc.execute(
-                        &format!("INSERT INTO {t} VALUES ($1, 0, md5($1::text))"),
-                        &[&k],
-                    ) {
-                        Ok(_) => committed.push(k),
-                        Err(e) if sql::sqlstate(&e).as_deref() == Some("23505") => {}
-                        Err(_) => break, // the server is gone
+            handles.push(thread::spawn(
+                move || -> std::result::Result<Vec<i32>, String> {
+                    let mut rng = StdRng::seed_from_u64(s as u64);
+                    let mut committed = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        // Overlapping keys above the loaded ones; random order causes splits
+                        // all over.
+                        let k: i32 = 300_001 + rng.gen_range(0..200_000);
+                        match sc.execute(
+                            &format!("INSERT INTO {t} VALUES ($1, 0, md5($1::int::text))"),
+                            &[&k],
+                        ) {
+                            Ok(_) => committed.push(k),
+                            Err(e) if sql::sqlstate(&e).as_deref() == Some("23505") => {}
+                            Err(e) if gone(&e, &killing) => break, // the server was killed
+                            Err(e) => {
+                                return Err(format!(
+                                    "{t}: session {s}, INSERT of key {k}: {} (only 23505, or a \
+                                     lost connection during the kill, is expected)",
+                                    describe(&e)
+                                ))
+                            }
+                        }
                     }
-                }
-                committed
-            }));
+                    Ok(committed)
+                },
+            ));
         }
         thread::sleep(Duration::from_millis(3000));
+        killing.store(true, Ordering::SeqCst);
         c.kill9()?;
         stop.store(true, Ordering::Relaxed);
         let mut committed: Vec<i32> = Vec::new();
         for h in handles {
-            committed.extend(h.join().map_err(|_| err("session panicked"))?);
+            committed.extend(
+                h.join()
+                    .map_err(|_| err("session panicked"))?
+                    .map_err(err)?,
+            );
         }
+        eprintln!(
+            "{t}: {} inserts acknowledged before the kill",
+            committed.len()
+        );
+        assert!(
+            committed.len() >= MIN_INSERTS_BEFORE_KILL,
+            "{t}: only {} inserts acknowledged in 3 s (at least {MIN_INSERTS_BEFORE_KILL} \
+             expected)",
+            committed.len()
+        );
         c.start()?;
         let mut cl3 = c.connect(DB)?;
         verify_clean(&mut cl3, &format!("{t}_id"), true)?;
@@ -299,9 +364,15 @@ fn kill9_during_build_and_inserts() -> Result<()> {
         // The index keeps working after recovery (more splits).
         load(&mut cl3, &t, 600_000, 50_000)?;
         verify_clean(&mut cl3, &format!("{t}_id"), true)?;
+        // The kills of the postmaster leave no crash line; a crashed backend or a PANIC would.
+        let crashes = c.crash_lines_since(0);
+        assert!(
+            crashes.is_empty(),
+            "{t}: the server log shows a crash:\n{}",
+            crashes.join("\n")
+        );
         cl = cl3;
     }
     drop(cl);
-    let _: &Cluster = &c;
-    Ok(())
+    c.assert_no_crash()
 }

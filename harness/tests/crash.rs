@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use postgres::Client;
-use torii_harness::testing::{am, assert_verify_clean, cluster_with_db, DB};
+use torii_harness::testing::{am, assert_verify_clean, cluster_with_db_conf, wal_check_conf, DB};
 use torii_harness::{err, sql, workload, Cluster, Result};
 
 const COMMITTED_COPY: u64 = 20_000;
@@ -115,7 +115,7 @@ fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> Result<bool
 
 #[test]
 fn kill9_during_copy() -> Result<()> {
-    let (c, mut cl) = cluster_with_db("crash-copy")?;
+    let (c, mut cl) = cluster_with_db_conf("crash-copy", &[wal_check_conf()])?;
     prepare(&mut cl)?;
     let before = digest(&mut cl)?;
 
@@ -174,7 +174,7 @@ fn kill9_during_copy() -> Result<()> {
 
 #[test]
 fn crash_during_insert_select() -> Result<()> {
-    let (c, mut cl) = cluster_with_db("crash-insert")?;
+    let (c, mut cl) = cluster_with_db_conf("crash-insert", &[wal_check_conf()])?;
     prepare(&mut cl)?;
     let before = digest(&mut cl)?;
 
@@ -209,7 +209,7 @@ fn crash_during_insert_select() -> Result<()> {
 
 #[test]
 fn prepared_transactions_survive_crash() -> Result<()> {
-    let (c, mut cl) = cluster_with_db("crash-2pc")?;
+    let (c, mut cl) = cluster_with_db_conf("crash-2pc", &[wal_check_conf()])?;
     cl.batch_execute(&format!(
         "CREATE TABLE p (id int, v text) USING {}; \
          INSERT INTO p SELECT g, 'base' FROM generate_series(1, 100) g",

@@ -19,7 +19,7 @@
 //!   partial effects), `torii.verify` and amcheck are clean; then the workload goes on over the
 //!   same rows.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -256,6 +256,8 @@ const ACCOUNTS: i64 = 2000;
 const WORKERS: i64 = 3;
 /// Rows inserted by worker w have ids from `(w + 1) * INSERT_BASE`.
 const INSERT_BASE: i64 = 1_000_000;
+/// Commits that `load_without_crash`'s 3 s of load must reach at least.
+const MIN_COMMITS_WITHOUT_CRASH: usize = 300;
 
 #[derive(Default)]
 struct Acks {
@@ -264,7 +266,46 @@ struct Acks {
     failed: u64,
     rolled_back: u64,
     /// errors of failed transactions (txn, SQLSTATE and message)
-    errors: std::collections::BTreeMap<i64, String>,
+    errors: BTreeMap<i64, String>,
+    /// failed transactions by SQLSTATE
+    failed_by_sqlstate: BTreeMap<String, u64>,
+    /// errors the workload cannot legitimately get (the test fails on any)
+    unexpected: Vec<String>,
+}
+
+/// The SQLSTATEs of the ERRORs a load transaction can legitimately get: a deadlock victim (the
+/// transfers lock their accounts in id order, but the `k`, `pad` and savepoint updates touch
+/// random rows). Nothing else: no unique violation (each worker inserts its own ids), no
+/// serialization failure at READ COMMITTED, and never an internal error (XX000) or data
+/// corruption (XX001).
+const LOAD_SQLSTATES: &[&str] = &["40P01"];
+
+/// What an error of a workload statement means.
+enum Failure {
+    /// An ERROR with one of the expected SQLSTATEs: the transaction did nothing and is aborted.
+    Expected(String),
+    /// The connection ended (FATAL 57P01 "unexpected postmaster exit", or a closed or reset
+    /// connection) while the test was killing the server.
+    Gone,
+    /// Anything else (the description): the test fails.
+    Unexpected(String),
+}
+
+/// Classify a workload error: `expected` SQLSTATEs of ERRORs are accepted, a lost connection
+/// only while `killing` (set just before the test kills the server on purpose).
+fn classify(e: &postgres::Error, expected: &[&str], killing: &AtomicBool) -> Failure {
+    let killing = killing.load(Ordering::SeqCst);
+    match e.as_db_error() {
+        Some(db) if db.severity() == "ERROR" && expected.contains(&db.code().code()) => {
+            Failure::Expected(db.code().code().to_string())
+        }
+        Some(db) if killing && db.severity() == "FATAL" && db.code().code() == "57P01" => {
+            Failure::Gone
+        }
+        Some(db) => Failure::Unexpected(format!("{} {}", db.severity(), sql::describe(e))),
+        None if killing => Failure::Gone,
+        None => Failure::Unexpected(format!("connection lost with no kill under way: {e}")),
+    }
 }
 
 fn setup_load(cl: &mut Client) -> Result<()> {
@@ -356,6 +397,14 @@ fn load_txn(
     (s, ins, del)
 }
 
+/// Record an error the workload cannot legitimately get.
+fn unexpected(acks: &Mutex<Acks>, w: i64, what: &str, e: String) {
+    acks.lock()
+        .unwrap()
+        .unexpected
+        .push(format!("worker {w}, {what}: {e}"));
+}
+
 fn worker(
     mut cl: Client,
     w: i64,
@@ -363,6 +412,7 @@ fn worker(
     next_txn: Arc<AtomicI64>,
     acks: Arc<Mutex<Acks>>,
     stop: Arc<AtomicBool>,
+    killing: Arc<AtomicBool>,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
     // This worker's committed inserted rows, and where its ids go on.
@@ -371,20 +421,32 @@ fn worker(
         &[&((w + 1) * INSERT_BASE), &(INSERT_BASE / 2)],
     ) {
         Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
-        Err(_) => return,
+        Err(e) => return unexpected(&acks, w, "reading its rows", sql::describe(&e)),
     };
     let mut next_insert: i64 = match cl.query_one(
         "SELECT coalesce(max(ins_id), $1) FROM ledger WHERE worker = $2::int",
         &[&((w + 1) * INSERT_BASE), &(w as i32)],
     ) {
         Ok(r) => r.get(0),
-        Err(_) => return,
+        Err(e) => return unexpected(&acks, w, "reading the ledger", sql::describe(&e)),
     };
     // ids of in-doubt inserts may exist too: skip past anything present
     if let Some(m) = my_rows.last() {
         next_insert = next_insert.max(*m);
     }
     next_insert += 1000;
+    // After an expected ERROR the transaction is aborted: end it. Whether to go on.
+    let rollback = |cl: &mut Client, txn: i64| -> bool {
+        match cl.batch_execute("ROLLBACK") {
+            Ok(()) => true,
+            Err(e) => {
+                if let Failure::Unexpected(d) = classify(&e, &[], &killing) {
+                    unexpected(&acks, w, &format!("ROLLBACK of txn {txn}"), d);
+                }
+                false
+            }
+        }
+    };
     while !stop.load(Ordering::SeqCst) {
         let txn = next_txn.fetch_add(1, Ordering::SeqCst);
         if rng.gen_bool(0.1) {
@@ -392,21 +454,21 @@ fn worker(
             let (s, _, _) = load_txn(&mut rng, w, txn, &my_rows, &mut next_insert);
             match cl.batch_execute(&format!("{s} ROLLBACK")) {
                 Ok(()) => acks.lock().unwrap().rolled_back += 1,
-                Err(e) if e.as_db_error().is_some() => {
-                    let _ = cl.batch_execute("ROLLBACK");
-                }
-                Err(_) => return,
+                Err(e) => match classify(&e, LOAD_SQLSTATES, &killing) {
+                    Failure::Expected(_) => {
+                        if !rollback(&mut cl, txn) {
+                            return;
+                        }
+                    }
+                    Failure::Gone => return,
+                    Failure::Unexpected(d) => {
+                        return unexpected(&acks, w, &format!("txn {txn} (rolled back)"), d)
+                    }
+                },
             }
             continue;
         }
         let (s, ins, del) = load_txn(&mut rng, w, txn, &my_rows, &mut next_insert);
-        // A FATAL error (the backend noticed the dead postmaster) can come after the commit
-        // record is durable: such a transaction is in doubt, like one whose connection broke.
-        let fatal = |e: &postgres::Error| {
-            e.as_db_error()
-                .map(|d| d.severity() == "FATAL" || d.severity() == "PANIC")
-                .unwrap_or(true)
-        };
         match cl.batch_execute(&format!("{s} COMMIT")) {
             Ok(()) => {
                 acks.lock().unwrap().acked.insert(txn);
@@ -417,22 +479,58 @@ fn worker(
                     my_rows.retain(|x| *x != d);
                 }
             }
-            Err(e) if !fatal(&e) => {
-                // deadlock victim or other error: nothing committed
-                let mut a = acks.lock().unwrap();
-                a.failed += 1;
-                a.errors.insert(txn, sql::describe(&e));
-                drop(a);
-                if cl.batch_execute("ROLLBACK").is_err() {
+            Err(e) => match classify(&e, LOAD_SQLSTATES, &killing) {
+                Failure::Expected(code) => {
+                    // deadlock victim: nothing committed
+                    let mut a = acks.lock().unwrap();
+                    a.failed += 1;
+                    a.errors.insert(txn, sql::describe(&e));
+                    *a.failed_by_sqlstate.entry(code).or_insert(0) += 1;
+                    drop(a);
+                    if !rollback(&mut cl, txn) {
+                        return;
+                    }
+                }
+                Failure::Gone => {
+                    // Connection lost during the kill (a FATAL "unexpected postmaster exit"
+                    // can come after the commit record is durable): the COMMIT may or may not
+                    // have happened.
+                    acks.lock().unwrap().in_doubt.insert(txn);
                     return;
                 }
-            }
-            Err(_) => {
-                // connection lost: the COMMIT may or may not have happened
-                acks.lock().unwrap().in_doubt.insert(txn);
-                return;
-            }
+                Failure::Unexpected(d) => {
+                    acks.lock().unwrap().in_doubt.insert(txn);
+                    return unexpected(&acks, w, &format!("txn {txn}"), d);
+                }
+            },
         }
+    }
+}
+
+/// Error if a worker got an error it cannot legitimately get.
+fn assert_no_unexpected(acks: &Acks, when: &str) -> Result<()> {
+    if acks.unexpected.is_empty() {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "{when}: the workload got errors it cannot legitimately get (accepted: ERRORs with \
+             SQLSTATE {LOAD_SQLSTATES:?}, a lost connection while the server is killed):\n{}",
+            acks.unexpected.join("\n")
+        )))
+    }
+}
+
+/// Error if the server log shows a crashed backend or a PANIC (the deliberate kills of the
+/// postmaster and of every process leave no such line).
+fn assert_no_crash_lines(c: &Cluster, when: &str) -> Result<()> {
+    let lines = c.crash_lines_since(0);
+    if lines.is_empty() {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "{when}: the server log shows a crash:\n{}",
+            lines.join("\n")
+        )))
     }
 }
 
@@ -543,12 +641,18 @@ fn crash_under_load() -> Result<()> {
     let acks = Arc::new(Mutex::new(Acks::default()));
     for round in 1..=3usize {
         let stop = Arc::new(AtomicBool::new(false));
+        let killing = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
         for w in 0..WORKERS {
             let cl = c.connect(DB)?;
-            let (n, a, s) = (next_txn.clone(), acks.clone(), stop.clone());
+            let (n, a, s, k) = (
+                next_txn.clone(),
+                acks.clone(),
+                stop.clone(),
+                killing.clone(),
+            );
             let wseed = rng.gen::<u64>();
-            handles.push(thread::spawn(move || worker(cl, w, wseed, n, a, s)));
+            handles.push(thread::spawn(move || worker(cl, w, wseed, n, a, s, k)));
         }
         // Let the load run, with a checkpoint in some rounds, then kill.
         let run = Duration::from_millis(rng.gen_range(1500..4000));
@@ -561,6 +665,8 @@ fn crash_under_load() -> Result<()> {
             thread::sleep(Duration::from_millis(20));
         }
         let acked_before = acks.lock().unwrap().acked.len();
+        // From here on a lost connection is what the workers must expect.
+        killing.store(true, Ordering::SeqCst);
         if round == 3 {
             c.crash()?;
         } else {
@@ -574,14 +680,17 @@ fn crash_under_load() -> Result<()> {
         let a = acks.lock().unwrap();
         println!(
             "round {round}: killed after {:.1} s; {} transactions acknowledged ({} before the kill), \
-             {} in doubt, {} failed (deadlocks ...), {} rolled back",
+             {} in doubt, {} failed {:?}, {} rolled back",
             run.as_secs_f64(),
             a.acked.len(),
             acked_before,
             a.in_doubt.len(),
             a.failed,
+            a.failed_by_sqlstate,
             a.rolled_back
         );
+        assert_no_unexpected(&a, &format!("round {round}"))?;
+        assert_no_crash_lines(&c, &format!("round {round}"))?;
         assert!(
             a.acked.len() > 20 * round,
             "the workload made too little progress: {} commits",
@@ -592,14 +701,9 @@ fn crash_under_load() -> Result<()> {
     // After the last crash: VACUUM, and everything still holds.
     c.exec_in(DB, "VACUUM acct")?;
     check_load(&c, &acks.lock().unwrap(), 4)?;
-    // Crashes are expected in this test's log; a crashed *backend* is not.
-    let log = c.log_contents();
-    let bad: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("PANIC:") || l.contains("was terminated by exception"))
-        .collect();
-    assert!(bad.is_empty(), "server log:\n{}", bad.join("\n"));
-    Ok(())
+    // Kills of the server are expected in this test's log; a backend that crashed (terminated
+    // by a signal or an exception, exited with a nonzero code) or a PANIC is not.
+    assert_no_crash_lines(&c, "at the end")
 }
 
 /// The same workload and checks without a crash: tells crash-recovery bugs from MVCC bugs.
@@ -611,13 +715,20 @@ fn load_without_crash() -> Result<()> {
     let next_txn = Arc::new(AtomicI64::new(1));
     let acks = Arc::new(Mutex::new(Acks::default()));
     let stop = Arc::new(AtomicBool::new(false));
+    // Never set: no kill, so a lost connection fails the test.
+    let killing = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     let mut rng = StdRng::seed_from_u64(7);
     for w in 0..WORKERS {
         let cl = c.connect(DB)?;
-        let (n, a, s) = (next_txn.clone(), acks.clone(), stop.clone());
+        let (n, a, s, k) = (
+            next_txn.clone(),
+            acks.clone(),
+            stop.clone(),
+            killing.clone(),
+        );
         let wseed = rng.gen::<u64>();
-        handles.push(thread::spawn(move || worker(cl, w, wseed, n, a, s)));
+        handles.push(thread::spawn(move || worker(cl, w, wseed, n, a, s, k)));
     }
     thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);
@@ -626,12 +737,20 @@ fn load_without_crash() -> Result<()> {
     }
     let a = acks.lock().unwrap();
     println!(
-        "{} transactions acknowledged, {} failed, {} rolled back",
+        "{} transactions acknowledged, {} failed {:?}, {} rolled back",
         a.acked.len(),
         a.failed,
+        a.failed_by_sqlstate,
         a.rolled_back
     );
+    assert_no_unexpected(&a, "without a crash")?;
     assert!(a.in_doubt.is_empty(), "no crash, nothing in doubt");
+    assert!(
+        a.acked.len() >= MIN_COMMITS_WITHOUT_CRASH,
+        "the workload made too little progress in 3 s: {} commits (at least \
+         {MIN_COMMITS_WITHOUT_CRASH} expected)",
+        a.acked.len()
+    );
     check_load(&c, &a, 0)?;
     c.exec_in(DB, "VACUUM acct")?;
     check_load(&c, &a, 0)?;

@@ -26,6 +26,19 @@ use torii_harness::testing::{am, assert_verify_clean, cluster_with_db_conf, is_t
 use torii_harness::{err, sql, Cluster, Result};
 
 const CONF: &[&str] = &["autovacuum = off"];
+/// Commits that 3 s of the cold-update workload without a crash must reach at least.
+const MIN_COMMITS_WITHOUT_CRASH: u64 = 200;
+
+/// Whether `e` is the end of the connection: closed or reset (SIGKILL), or FATAL 57P01
+/// "terminating connection due to unexpected postmaster exit" (`Cluster::crash` SIGKILLs the
+/// postmaster a moment before its children: a backend waiting for its client in between says
+/// so).
+fn lost_connection(e: &postgres::Error) -> bool {
+    match e.as_db_error() {
+        Some(db) => db.severity() == "FATAL" && db.code().code() == "57P01",
+        None => true,
+    }
+}
 
 /// Create `t` (AM under test) and its heap mirror `h`, same columns and indexes.
 fn create_pair(cl: &mut Client, rows: i64) -> Result<()> {
@@ -167,7 +180,12 @@ fn crash_during(c: &Cluster, statement: &str, delay: Duration) -> Result<bool> {
     let mut worker = c.connect(DB)?;
     let pid: i32 = sql::scalar(&mut worker, "SELECT pg_backend_pid()")?;
     let st = statement.to_string();
-    let handle = thread::spawn(move || worker.batch_execute(&st).map_err(|e| e.to_string()));
+    // Err(false, ...) for a lost connection, Err(true, ...) for any other error.
+    let handle = thread::spawn(move || {
+        worker
+            .batch_execute(&st)
+            .map_err(|e| (!lost_connection(&e), sql::describe(&e)))
+    });
     let mut mon = c.connect(DB)?;
     let t0 = Instant::now();
     loop {
@@ -185,8 +203,12 @@ fn crash_during(c: &Cluster, statement: &str, delay: Duration) -> Result<bool> {
     thread::sleep(delay);
     drop(mon);
     c.crash()?;
-    let r = handle.join().map_err(|_| err("worker panicked"))?;
-    Ok(r.is_err())
+    match handle.join().map_err(|_| err("worker panicked"))? {
+        Ok(()) => Ok(false),
+        // The crash can only have cut its connection.
+        Err((false, _)) => Ok(true),
+        Err((true, e)) => Err(err(format!("{statement} failed before the crash: {e}"))),
+    }
 }
 
 fn vacuum_crash(name: &str, statement: &str) -> Result<()> {
@@ -255,10 +277,30 @@ fn crash_during_vacuum() -> Result<()> {
     vacuum_crash("crash-vacuum", "VACUUM t")
 }
 
-/// One worker: random transactions on its own id range, each on both tables, until `stop`.
-fn worker(mut cl: Client, seed: u64, lo: i64, hi: i64, stop: Arc<AtomicBool>) -> u64 {
+/// What a worker did: transactions committed and rolled back, and the error that ended it, if
+/// it was not the crash.
+#[derive(Debug, Default)]
+struct WorkerRun {
+    committed: u64,
+    rolled_back: u64,
+    unexpected: Option<String>,
+}
+
+/// One worker: random transactions on its own id range, each on both tables, until `stop`, or
+/// until its connection is lost while `crashing` (set just before the deliberate crash). The
+/// workers' id ranges and inserted ids are disjoint, so no ERROR is legitimate (no deadlock,
+/// no unique violation); any, or a lost connection without a crash, ends the worker and fails
+/// the test.
+fn worker(
+    mut cl: Client,
+    seed: u64,
+    lo: i64,
+    hi: i64,
+    stop: Arc<AtomicBool>,
+    crashing: Arc<AtomicBool>,
+) -> WorkerRun {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut done = 0;
+    let mut run = WorkerRun::default();
     let mut next_insert = 10_000_000 + seed as i64 * 1_000_000;
     while !stop.load(Ordering::SeqCst) {
         let a = rng.gen_range(lo..hi - 50);
@@ -288,17 +330,25 @@ fn worker(mut cl: Client, seed: u64, lo: i64, hi: i64, stop: Arc<AtomicBool>) ->
             _ => format!("UPDATE {{t}} SET k = k + 100, v = 'x' WHERE id BETWEEN {a} AND {b};"),
         };
         // Transactions of kind 6 roll back; a few others too.
-        let end = if body.contains("k + 100") || rng.gen_ratio(1, 10) {
-            "ROLLBACK"
-        } else {
-            "COMMIT"
-        };
-        if both_tx(&mut cl, &body, end).is_err() {
-            break;
+        let rollback = body.contains("k + 100") || rng.gen_ratio(1, 10);
+        let end = if rollback { "ROLLBACK" } else { "COMMIT" };
+        let sql = format!("BEGIN; {} {end}", pair_sql(&body));
+        match cl.batch_execute(&sql) {
+            Ok(()) if rollback => run.rolled_back += 1,
+            Ok(()) => run.committed += 1,
+            // The connection ended by the crash.
+            Err(e) if crashing.load(Ordering::SeqCst) && lost_connection(&e) => break,
+            Err(e) => {
+                let what = match e.as_db_error() {
+                    Some(db) => format!("{} {}", db.severity(), sql::describe(&e)),
+                    None => format!("connection lost with no crash under way: {e}"),
+                };
+                run.unexpected = Some(format!("{what}\n  in: {sql}"));
+                break;
+            }
         }
-        done += 1;
     }
-    done
+    run
 }
 
 #[test]
@@ -306,15 +356,17 @@ fn crash_during_cold_update_workload() -> Result<()> {
     let (c, mut cl) = cluster_with_db_conf("crash-coldupd", CONF)?;
     create_pair(&mut cl, 40_000)?;
     make_undo(&c, &mut cl)?;
+    // Returns the transactions committed.
     let run_workload = |round: u64, cl: &mut Client, crash: bool| -> Result<u64> {
         let stop = Arc::new(AtomicBool::new(false));
+        let crashing = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
         for w in 0..2u64 {
             let wc = c.connect(DB)?;
-            let stop = stop.clone();
+            let (stop, crashing) = (stop.clone(), crashing.clone());
             let (lo, hi) = (1 + w as i64 * 20_000, (w as i64 + 1) * 20_000);
             handles.push(thread::spawn(move || {
-                worker(wc, w + 10 * round, lo, hi, stop)
+                worker(wc, w + 10 * round, lo, hi, stop, crashing)
             }));
         }
         // Let the workload run, with a torii.vacuum (or VACUUM) in the middle of it.
@@ -326,25 +378,45 @@ fn crash_during_cold_update_workload() -> Result<()> {
         }
         thread::sleep(Duration::from_millis(1500));
         if crash {
+            crashing.store(true, Ordering::SeqCst);
             c.crash()?;
         }
         stop.store(true, Ordering::SeqCst);
-        let mut total = 0;
-        for h in handles {
-            total += h.join().map_err(|_| err("worker panicked"))?;
+        let mut committed = 0;
+        for (w, h) in handles.into_iter().enumerate() {
+            let run = h.join().map_err(|_| err("worker panicked"))?;
+            eprintln!("workload {round}, worker {w}: {run:?}");
+            if let Some(e) = run.unexpected {
+                return Err(err(format!(
+                    "workload {round} (crash: {crash}), worker {w}: an error the workload \
+                     cannot legitimately get: {e}"
+                )));
+            }
+            committed += run.committed;
         }
-        Ok(total)
+        Ok(committed)
     };
     for round in 0..2 {
         // The same workload without a crash first: what it leaves must be right too.
         let n = run_workload(2 * round, &mut cl, false)?;
+        assert!(
+            n >= MIN_COMMITS_WITHOUT_CRASH,
+            "round {round}: the workload without a crash committed only {n} transactions in 3 s \
+             (at least {MIN_COMMITS_WITHOUT_CRASH} expected)"
+        );
         check_pair(
             &mut cl,
-            &format!("after workload {round} (no crash, {n} transactions)"),
+            &format!("after workload {round} (no crash, {n} commits)"),
         )?;
         let n = run_workload(2 * round + 1, &mut cl, true)?;
-        eprintln!("round {round}: {n} transactions before the crash");
+        eprintln!("round {round}: {n} commits before the crash");
         assert!(n > 20, "the workload hardly ran: {n}");
+        let crashes = c.crash_lines_since(0);
+        assert!(
+            crashes.is_empty(),
+            "round {round}: the server log shows a crash:\n{}",
+            crashes.join("\n")
+        );
         c.start()?;
         cl = c.connect(DB)?;
         check_pair(&mut cl, &format!("after crash {round}"))?;

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use postgres::Client;
 use torii_harness::testing::{
-    am, assert_verify_clean, cluster_with_db, exec_both, same_result, table_am, DB,
+    am, assert_verify_clean, cluster_with_db, exec_both, is_torii, same_result, table_am,
+    torii_stats, DB,
 };
 use torii_harness::{err, sql, workload, Cluster, Result};
 
@@ -813,11 +814,11 @@ fn indexes_of_every_kind() -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// UPDATE / DELETE: supported (same results as heap) or refused with 0A000, never a crash
+// UPDATE / DELETE / ON CONFLICT / row locks / VACUUM: they work, with heap's results
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn update_delete_work_or_refuse_cleanly() -> Result<()> {
+fn update_delete_upsert_locks_and_vacuum_work_like_heap() -> Result<()> {
     let (c, mut cl) = cluster_with_db("updel")?;
     create_pair(
         &mut cl,
@@ -852,78 +853,157 @@ fn update_delete_work_or_refuse_cleanly() -> Result<()> {
         cl.batch_execute("RESET enable_seqscan; RESET enable_bitmapscan")?;
         Ok(())
     };
+    // Each statement with the number of rows it returns on heap (so that it did something).
     let ops = [
-        "UPDATE {t} SET note = note || '+' WHERE id < 50 RETURNING id, note",
-        "UPDATE {t} SET v = v + 1000 WHERE id % 10 = 0 RETURNING id, v",
-        "UPDATE {t} SET id = id + 100000 WHERE id % 100 = 1 RETURNING id",
-        "UPDATE {t} SET note = repeat('long', 2000) WHERE id = 5 RETURNING length(note)",
-        "DELETE FROM {t} WHERE id % 7 = 0 RETURNING id",
-        "DELETE FROM {t} WHERE v = 3 RETURNING id, v",
-        "UPDATE {t} SET note = NULL WHERE id BETWEEN 100 AND 110 RETURNING id",
-        "INSERT INTO {t} VALUES (2, 0, 'dup') ON CONFLICT (id) DO UPDATE SET note = 'upserted' RETURNING id, note",
-        "INSERT INTO {t} VALUES (7, 0, 'was deleted') ON CONFLICT (id) DO NOTHING RETURNING id",
-        "SELECT id FROM {t} WHERE id < 20 ORDER BY id FOR UPDATE",
-        "SELECT id FROM {t} WHERE id < 20 ORDER BY id FOR KEY SHARE",
+        (
+            "UPDATE {t} SET note = note || '+' WHERE id < 50 RETURNING id, note",
+            49,
+        ),
+        (
+            "UPDATE {t} SET v = v + 1000 WHERE id % 10 = 0 RETURNING id, v",
+            200,
+        ),
+        (
+            "UPDATE {t} SET id = id + 100000 WHERE id % 100 = 1 RETURNING id",
+            20,
+        ),
+        (
+            "UPDATE {t} SET note = repeat('long', 2000) WHERE id = 5 RETURNING length(note)",
+            1,
+        ),
+        ("DELETE FROM {t} WHERE id % 7 = 0 RETURNING id", 285),
+        ("DELETE FROM {t} WHERE v = 3 RETURNING id, v", 17),
+        (
+            "UPDATE {t} SET note = NULL WHERE id BETWEEN 100 AND 110 RETURNING id",
+            8,
+        ),
+        (
+            "INSERT INTO {t} VALUES (2, 0, 'dup') ON CONFLICT (id) DO UPDATE SET note = 'upserted' \
+             RETURNING id, note",
+            1,
+        ),
+        (
+            "INSERT INTO {t} VALUES (7, 0, 'was deleted') ON CONFLICT (id) DO NOTHING RETURNING id",
+            1,
+        ),
+        (
+            "INSERT INTO {t} VALUES (8, 0, 'exists') ON CONFLICT (id) DO NOTHING RETURNING id",
+            0,
+        ),
+        (
+            "SELECT id FROM {t} WHERE id < 20 ORDER BY id FOR UPDATE",
+            16,
+        ),
+        (
+            "SELECT id FROM {t} WHERE id < 20 ORDER BY id FOR KEY SHARE",
+            16,
+        ),
     ];
-    let mut unsupported = Vec::new();
-    for op in ops {
-        // Heap and AM in one transaction: committed only if the AM accepted the statement.
-        cl.batch_execute("BEGIN")?;
-        let mut h = sql::result_text(&mut cl, &op.replace("{t}", "h_ud"))?
+    for (op, rows) in ops {
+        let mut h: Vec<String> = sql::result_text(&mut cl, &op.replace("{t}", "h_ud"))?
             .lines()
             .map(str::to_string)
-            .collect::<Vec<_>>();
-        cl.batch_execute("SAVEPOINT before_am")?;
-        match sql::result_text(&mut cl, &op.replace("{t}", "t_ud")) {
-            Ok(t) => {
-                let mut t: Vec<String> = t.lines().map(str::to_string).collect();
-                h.sort();
-                t.sort();
-                assert_eq!(h, t, "RETURNING/rows of {op}");
-                cl.batch_execute("COMMIT")?;
-                compare(&mut cl).map_err(|e| err(format!("after `{op}`: {e}")))?;
-            }
-            Err(e) if sql::sqlstate(&e).as_deref() == Some("0A000") => {
-                cl.batch_execute("ROLLBACK")?;
-                unsupported.push(format!("{op}: {}", sql::describe(&e)));
-            }
-            Err(e) => {
-                return Err(err(format!(
-                    "`{op}` failed with {} (expected success or 0A000)",
-                    sql::describe(&e)
-                )))
-            }
-        }
-        // The server is still up and the table readable.
-        assert_eq!(sql::scalar::<i32>(&mut cl, "SELECT 1")?, 1);
-        compare(&mut cl)?;
+            .collect();
+        assert_eq!(h.len(), rows, "rows of `{op}` on heap: {h:?}");
+        let mut t: Vec<String> = sql::result_text(&mut cl, &op.replace("{t}", "t_ud"))
+            .map_err(|e| err(format!("`{op}` on {}: {}", am(), sql::describe(&e))))?
+            .lines()
+            .map(str::to_string)
+            .collect();
+        h.sort();
+        t.sort();
+        assert_eq!(h, t, "RETURNING/rows of {op}");
+        compare(&mut cl).map_err(|e| err(format!("after `{op}`: {e}")))?;
     }
-    // A rolled back UPDATE / DELETE changes nothing.
-    for op in ["UPDATE {t} SET v = -1", "DELETE FROM {t}"] {
-        let r = cl.batch_execute(&format!("BEGIN; {}", op.replace("{t}", "t_ud")));
-        match r {
-            Ok(()) => {}
-            Err(e) if sql::sqlstate(&e).as_deref() == Some("0A000") => {}
-            Err(e) => return Err(err(format!("{op}: {}", sql::describe(&e)))),
+
+    // The row locks hold off other sessions as on heap.
+    let mut other = c.connect(DB)?;
+    other.batch_execute("SET lock_timeout = '200ms'")?;
+    for tbl in ["h_ud", "t_ud"] {
+        let on = |stmt: &str| stmt.replace("{t}", tbl);
+        // FOR UPDATE: no other lock, update or delete of the row; other rows are free.
+        cl.batch_execute(&on("BEGIN; SELECT id FROM {t} WHERE id = 12 FOR UPDATE"))?;
+        for stmt in [
+            "SELECT id FROM {t} WHERE id = 12 FOR KEY SHARE NOWAIT",
+            "UPDATE {t} SET note = 'blocked' WHERE id = 12",
+            "DELETE FROM {t} WHERE id = 12",
+        ] {
+            sql::expect_sqlstate(&mut other, &on(stmt), "55P03")
+                .map_err(|e| err(format!("{tbl}, row locked FOR UPDATE: {e}")))?;
         }
-        cl.batch_execute("ROLLBACK")?;
-        compare(&mut cl)?;
+        other
+            .batch_execute(&on("UPDATE {t} SET note = 'free' WHERE id = 13"))
+            .map_err(|e| err(format!("{tbl}: another row: {}", sql::describe(&e))))?;
+        cl.batch_execute("COMMIT")?;
+        // FOR KEY SHARE: a non-key update goes through, a delete or key update waits.
+        cl.batch_execute(&on("BEGIN; SELECT id FROM {t} WHERE id = 12 FOR KEY SHARE"))?;
+        other
+            .batch_execute(&on("UPDATE {t} SET note = 'not a key' WHERE id = 12"))
+            .map_err(|e| err(format!("{tbl}, FOR KEY SHARE: {}", sql::describe(&e))))?;
+        for stmt in [
+            "SELECT id FROM {t} WHERE id = 12 FOR UPDATE NOWAIT",
+            "UPDATE {t} SET id = -12 WHERE id = 12",
+            "DELETE FROM {t} WHERE id = 12",
+        ] {
+            sql::expect_sqlstate(&mut other, &on(stmt), "55P03")
+                .map_err(|e| err(format!("{tbl}, row locked FOR KEY SHARE: {e}")))?;
+        }
+        cl.batch_execute("COMMIT")?;
+        // Released at commit.
+        other
+            .batch_execute(&on("UPDATE {t} SET note = 'after' WHERE id = 12"))
+            .map_err(|e| err(format!("{tbl}, after the lock: {}", sql::describe(&e))))?;
     }
-    if !unsupported.is_empty() {
-        eprintln!(
-            "not supported (0A000) by {}:\n  {}",
-            am(),
-            unsupported.join("\n  ")
-        );
+    drop(other);
+    compare(&mut cl).map_err(|e| err(format!("after the row locks: {e}")))?;
+
+    // A rolled back UPDATE / DELETE is seen by its own transaction and changes nothing.
+    let total: i64 = sql::scalar(&mut cl, "SELECT count(*) FROM h_ud")?;
+    for (op, check, want) in [
+        (
+            "UPDATE {t} SET v = -1",
+            "SELECT count(*) FROM {t} WHERE v = -1",
+            total,
+        ),
+        ("DELETE FROM {t}", "SELECT count(*) FROM {t}", 0),
+    ] {
+        for tbl in ["h_ud", "t_ud"] {
+            cl.batch_execute(&format!("BEGIN; {}", op.replace("{t}", tbl)))
+                .map_err(|e| err(format!("{tbl}: {op}: {}", sql::describe(&e))))?;
+            let seen: i64 = sql::scalar(&mut cl, &check.replace("{t}", tbl))?;
+            cl.batch_execute("ROLLBACK")?;
+            assert_eq!(seen, want, "{tbl}: {check} inside `{op}`'s transaction");
+        }
+        compare(&mut cl).map_err(|e| err(format!("after `{op}` rolled back: {e}")))?;
     }
     assert_verify_clean(&mut cl, "t_ud")?;
-    // VACUUM must not break anything either (or be refused cleanly).
-    match cl.batch_execute("VACUUM t_ud") {
-        Ok(()) => {}
-        Err(e) if sql::sqlstate(&e).as_deref() == Some("0A000") => {}
-        Err(e) => return Err(err(format!("VACUUM: {}", sql::describe(&e)))),
+
+    // VACUUM works, changes no result, and (torii) leaves no undo and no dead row behind.
+    for tbl in ["h_ud", "t_ud"] {
+        cl.batch_execute(&format!("VACUUM {tbl}"))
+            .map_err(|e| err(format!("VACUUM {tbl}: {}", sql::describe(&e))))?;
     }
-    compare(&mut cl)?;
+    compare(&mut cl).map_err(|e| err(format!("after VACUUM: {e}")))?;
+    assert_verify_clean(&mut cl, "t_ud")?;
+    if is_torii() {
+        let st = torii_stats(&mut cl, "t_ud")?;
+        assert_eq!(
+            (st.live_rows, st.dead_rows, st.undo_records),
+            (total, 0, 0),
+            "torii.stats after VACUUM: {st:?}"
+        );
+    }
+    // And the table takes more changes after it.
+    for op in [
+        "UPDATE {t} SET v = v + 1 WHERE id % 3 = 0",
+        "DELETE FROM {t} WHERE id % 11 = 0",
+        "INSERT INTO {t} SELECT g, g % 100, 'again' FROM generate_series(1, 2000, 7) g \
+         ON CONFLICT (id) DO UPDATE SET note = excluded.note",
+    ] {
+        exec_both(&mut cl, op, "h_ud", "t_ud")
+            .map_err(|e| err(format!("after VACUUM, `{op}`: {}", sql::describe(&e))))?;
+    }
+    compare(&mut cl).map_err(|e| err(format!("after the changes after VACUUM: {e}")))?;
     assert_verify_clean(&mut cl, "t_ud")?;
     finish(&c)
 }

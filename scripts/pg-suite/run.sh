@@ -52,7 +52,8 @@ usage: $0 [options]
   --keep            keep the scratch directory (cluster, results, diffs, logs)
   --artifacts DIR   copy the report, pg_regress diffs, normalized torii diffs and server logs
                     to DIR (for CI) before the scratch directory is removed
-  --preload         add torii to shared_preload_libraries
+  --generic-wal     do not preload torii (it then writes generic WAL); by default torii is in
+                    shared_preload_libraries and writes row-level records
   --system-psql     run the tests with the installed psql (same version as the server) instead of
                     psql $PG_SRC_VERSION built from the cached source (see docs/pg-suite.md)
   -h, --help
@@ -62,7 +63,7 @@ PG_SUITE_RUST_BACKTRACE (default 0: the server runs without Rust backtraces).
 EOF
 }
 
-QUICK=0 HEAP=1 TORII=1 DO_ISO=1 DO_REG=1 WRITE_BASELINE=0 KEEP=0 PRELOAD=0 HEAP_ONLY=0 SYSTEM_PSQL=0 ARTIFACTS=""
+QUICK=0 HEAP=1 TORII=1 DO_ISO=1 DO_REG=1 WRITE_BASELINE=0 KEEP=0 PRELOAD=1 HEAP_ONLY=0 SYSTEM_PSQL=0 ARTIFACTS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -73,6 +74,7 @@ while [ $# -gt 0 ]; do
         --write-baseline) WRITE_BASELINE=1 ;;
         --keep) KEEP=1 ;;
         --preload) PRELOAD=1 ;;
+        --generic-wal) PRELOAD=0 ;;
         --system-psql) SYSTEM_PSQL=1 ;;
         --artifacts) shift; [ $# -gt 0 ] || die "--artifacts needs a directory"; ARTIFACTS=$1 ;;
         -h|--help) usage; exit 0 ;;

@@ -119,36 +119,21 @@ unsafe fn place_rows(
     let mut i = 0;
     while i < rows.len() {
         let target = pages::find_room(rel, rows[i].bytes.len(), strategy);
-        // Gather the rows that fit on this page.
-        let p = target.buf.page();
-        let (mut lower, mut upper, mut nlp) = if target.format {
-            (
-                torii_core::page::PAGE_HEADER_SIZE,
-                torii_core::page::SPECIAL_OFFSET,
-                0,
-            )
-        } else {
-            (
-                torii_core::page::pd_lower(p),
-                torii_core::page::pd_upper(p),
-                torii_core::page::line_pointer_count(p),
-            )
-        };
-        let mut batch: Vec<&[u8]> = Vec::new();
-        // find_room chose the page for the first row; later ones keep the fillfactor reserve.
-        let reserve = pages::fillfactor_reserve(rel);
-        while i + batch.len() < rows.len() {
-            let len = rows[i + batch.len()].bytes.len();
-            let need = pages::space_needed(len) + if batch.is_empty() { 0 } else { reserve };
-            if nlp >= torii_core::page::MAX_ROWS_PER_PAGE || upper - lower < need {
-                break;
-            }
-            lower += torii_core::page::ITEM_ID_SIZE;
-            upper -= len.next_multiple_of(8);
-            nlp += 1;
-            batch.push(&rows[i + batch.len()].bytes);
-        }
-        assert!(!batch.is_empty(), "a fresh page takes any row");
+        // Gather the rows that fit on this page, counted as the page operation will place them
+        // (reused line pointers first); find_room chose the page for the first row, later
+        // ones keep the fillfactor reserve.
+        let lens: Vec<usize> = rows[i..].iter().map(|r| r.bytes.len()).collect();
+        let n = torii_core::pageop::fitting_prefix(
+            (!target.format).then(|| target.buf.page()),
+            &lens,
+            torii_core::page::MAX_ROWS_PER_PAGE,
+            pages::fillfactor_reserve(rel),
+        );
+        let batch: Vec<&[u8]> = rows[i..i + n].iter().map(|r| &r.bytes[..]).collect();
+        assert!(
+            !batch.is_empty(),
+            "find_room chose a page the row does not fit on"
+        );
         let blk = target.buf.block();
         let offs = add_noted(rel, &target, &batch);
         for (k, off) in offs.iter().enumerate() {
@@ -258,7 +243,7 @@ unsafe fn add_noted(
     }
     .encode();
     let space = crate::storage::undo::reserve(rel, note.len());
-    let offs = wal::add_rows_noted(rel, &target.buf, target.format, rows, &space, &note);
+    let offs = wal::add_rows_noted(rel, &target.buf, target.format, rows, &space);
     // Remembered only once the note is written: an ERROR before must not skip it next time.
     NOTED.with(|n| n.borrow_mut().1.insert(key));
     offs

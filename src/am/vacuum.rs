@@ -310,6 +310,11 @@ unsafe fn discard_pages(rel: pg_sys::Relation, st: &mut VacuumStats) {
             break;
         }
         let n = page::line_pointer_count(&copy);
+        // Standbys first cancel the queries that may still need what this page's settled
+        // records hold (the newest writer among them).
+        if let Some(latest) = settleable_latest_xid(rel, &copy, head, oldest) {
+            crate::storage::rmgr::log_discard_conflict(rel, latest);
+        }
         let mut bytes = 0i64;
         for off in 1..=n as u16 {
             let lp = page::line_pointer(&copy, off as usize);
@@ -373,6 +378,40 @@ unsafe fn discard_pages(rel: pg_sys::Relation, st: &mut VacuumStats) {
         // Make the recorded free space visible to searches (the map's upper levels).
         pg_sys::FreeSpaceMapVacuum(rel);
     }
+}
+
+/// The newest writer among the records of undo page `p` (block `blk`) that discard will settle:
+/// those before the first one a snapshot may still need.
+///
+/// # Safety
+/// Reads CLOG and the proc array for the writers.
+unsafe fn settleable_latest_xid(
+    rel: pg_sys::Relation,
+    p: &[u8],
+    blk: u32,
+    oldest: u64,
+) -> Option<u64> {
+    let mut latest = None;
+    for off in 1..=page::line_pointer_count(p) {
+        let lp = page::line_pointer(p, off);
+        if lp.flags != LP_NORMAL {
+            continue;
+        }
+        let r = match UndoRecord::decode(&p[lp.off..lp.off + lp.len]) {
+            Ok(r) => r,
+            Err(e) => pages::report_corrupt(rel, blk, &page::PageError::Malformed(e)),
+        };
+        if r.xid >= oldest
+            || matches!(
+                writer_status(r.xid),
+                WriterStatus::InProgress | WriterStatus::Current
+            )
+        {
+            break;
+        }
+        latest = latest.max(Some(r.xid));
+    }
+    latest
 }
 
 /// Recomputes the resolved horizon (reads every undo page: VACUUM only).

@@ -274,7 +274,10 @@ unsafe fn check_for_write(
 }
 
 /// Appends the undo record for a change of the row at `t` and writes the new row, whose
-/// header the closure stamps with the record's pointer; one WAL record.
+/// header the closure stamps with the record's pointer; one WAL record. With `grows`, the new
+/// row may be longer: whether the page has the room is decided under the same exclusive lock
+/// as the change, and `false` (nothing done) means it has not.
+#[allow(clippy::too_many_arguments)]
 unsafe fn apply_change(
     rel: pg_sys::Relation,
     t: pg_sys::ItemPointerData,
@@ -282,23 +285,16 @@ unsafe fn apply_change(
     kind: UndoKind,
     xid: u64,
     cid: u32,
+    grows: bool,
     make_row: impl Fn(row::UndoPtr) -> Vec<u8>,
-) {
+) -> bool {
     let (blk, off) = tid_parts(&t);
     // The record keeps only what differs from the new version (header always), which every
     // reader of the record holds.
+    let new_len = make_row(row::UndoPtr::NONE).len();
     let delta = torii_core::undo::make_row_delta(old_row, &make_row(row::UndoPtr::NONE));
-    let record = UndoRecord {
-        xid,
-        cid,
-        tid_blk: blk,
-        tid_off: off,
-        kind,
-        delta: true,
-        image: &delta,
-    }
-    .encode();
-    if record.len() > undo::MAX_RECORD {
+    let record_len = torii_core::undo::RECORD_HEADER + delta.len();
+    if record_len > undo::MAX_RECORD {
         ereport!(
             PgLogLevel::ERROR,
             PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
@@ -315,8 +311,15 @@ unsafe fn apply_change(
         // We hold the tuple lock, so nobody else may change the row.
         error!("torii: row ({blk},{off}) changed under its tuple lock");
     }
-    let space = undo::reserve(rel, record.len());
-    wal::change_row(rel, &b, off, &space, &record, make_row);
+    if grows {
+        let p = b.page();
+        if wal::growth_needed(p, off, new_len) > page::pd_upper(p) - page::pd_lower(p) {
+            return false;
+        }
+    }
+    let space = undo::reserve(rel, record_len);
+    wal::change_row(rel, &b, off, &space, kind, xid, cid, &delta, make_row);
+    true
 }
 
 /// The new row's header fields on top of `bytes` (a freshly formed, stamped row).
@@ -457,7 +460,7 @@ pub unsafe extern "C-unwind" fn tuple_delete(
     } else {
         UndoKind::Delete
     };
-    apply_change(rel, t, &old, kind, xid, cid, |ptr| {
+    apply_change(rel, t, &old, kind, xid, cid, false, |ptr| {
         let mut new = old.clone();
         let mut h = RowHeader::read(&new);
         h.xid = xid;
@@ -576,22 +579,18 @@ pub unsafe extern "C-unwind" fn tuple_update(
         newtup,
         pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_ALL,
     );
-    let fits = {
-        let (b, _) = pages::read_verified(rel, blk, Lock::Share, std::ptr::null_mut());
-        let p = b.page();
-        wal::growth_needed(p, off, new_bytes.len()) <= page::pd_upper(p) - page::pd_lower(p)
-    };
     let flags_kept = RowHeader::read(&old).infomask
         & !(FLAG_DELETED | FLAG_MOVED | FLAG_SPECULATIVE)
         & row::TORII_FLAGS;
-    if !indexes_changed
-        && fits
+    // In place when no indexed column changes and the row fits on its page (decided under
+    // the lock the change is made under: an insert may take the room until then).
+    let in_place = !indexes_changed
         && !has_user_after_update_trigger(rel)
         && !super::transition::old_rows_captured(rel)
-    {
-        apply_change(rel, t, &old, UndoKind::Update, xid, cid, |ptr| {
+        && apply_change(rel, t, &old, UndoKind::Update, xid, cid, true, |ptr| {
             restamp(new_bytes.clone(), xid, cid, ptr, flags_kept)
         });
+    if in_place {
         (*slot).tts_tid = t;
         (*newtup).t_self = t;
         *update_indexes = false;
@@ -608,7 +607,7 @@ pub unsafe extern "C-unwind" fn tuple_update(
         };
         let new_tid = insert_row_bytes(rel, &new_bytes);
         let (nb, no) = tid_parts(&new_tid);
-        apply_change(rel, t, &old, UndoKind::Moved, xid, cid, |ptr| {
+        apply_change(rel, t, &old, UndoKind::Moved, xid, cid, false, |ptr| {
             let mut moved = restamp(old.clone(), xid, cid, ptr, FLAG_DELETED | FLAG_MOVED);
             row::set_forward_tid(&mut moved, nb, no);
             moved

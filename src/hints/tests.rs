@@ -58,6 +58,170 @@ mod tests {
         plan(&format!("EXPLAIN (COSTS OFF) {query}"))
     }
 
+    /// One node of an `EXPLAIN (COSTS OFF)` text plan.
+    #[derive(Debug)]
+    struct Node {
+        /// The node type: "Seq Scan", "Index Scan", "Hash Join", "Nested Loop", "Hash" ...
+        kind: String,
+        /// The index of an index scan (after "using", or after "on" for a Bitmap Index Scan).
+        index: Option<String>,
+        /// The scanned relation.
+        relation: Option<String>,
+        /// The name the query gives the scanned relation: its alias, else the relation's name.
+        alias: Option<String>,
+        /// The node this one is a child of (index in the plan's node list).
+        parent: Option<usize>,
+    }
+
+    /// The plan nodes of an `EXPLAIN (COSTS OFF)` text plan, in plan order (a parent before its
+    /// children, the outer child before the inner one). The first line is the top node; every
+    /// other node is a line `->  <node>` whose arrow is indented further than its parent's
+    /// node; the remaining lines (`Hash Cond: ...`, `Workers Planned: 2` ...) are details.
+    fn parse_plan(plan: &str) -> Vec<Node> {
+        let mut nodes: Vec<Node> = Vec::new();
+        // (indentation of the node's arrow, or 0 for the top node; index in `nodes`)
+        let mut open: Vec<(usize, usize)> = Vec::new();
+        for (n, line) in plan.lines().enumerate() {
+            let trimmed = line.trim_start();
+            let indent = line.len() - trimmed.len();
+            let text = if n == 0 {
+                trimmed
+            } else if let Some(t) = trimmed.strip_prefix("->") {
+                t.trim_start()
+            } else {
+                continue;
+            };
+            while open.last().is_some_and(|&(i, _)| i >= indent) {
+                open.pop();
+            }
+            let (kind, index, target) = if let Some((kind, rest)) = text.split_once(" using ") {
+                match rest.split_once(" on ") {
+                    Some((index, target)) => (kind, Some(index), Some(target)),
+                    None => (kind, Some(rest), None),
+                }
+            } else if let Some((kind, target)) = text.split_once(" on ") {
+                if kind == "Bitmap Index Scan" {
+                    (kind, Some(target), None)
+                } else {
+                    (kind, None, Some(target))
+                }
+            } else {
+                (text, None, None)
+            };
+            let mut words = target.unwrap_or_default().split_whitespace();
+            let relation = words.next().map(str::to_string);
+            let alias = words
+                .next()
+                .map(str::to_string)
+                .or_else(|| relation.clone());
+            nodes.push(Node {
+                kind: kind.trim().to_string(),
+                index: index.map(|i| i.trim().to_string()),
+                relation,
+                alias,
+                parent: open.last().map(|&(_, p)| p),
+            });
+            open.push((indent, nodes.len() - 1));
+        }
+        nodes
+    }
+
+    /// The plan of `/*+ hints */ EXPLAIN (COSTS OFF) query` (`hints` may be empty), as text
+    /// and parsed.
+    fn plan_nodes(hints: &str, query: &str) -> (String, Vec<Node>) {
+        let p = if hints.is_empty() {
+            unhinted(query)
+        } else {
+            plan(&format!("/*+ {hints} */ EXPLAIN (COSTS OFF) {query}"))
+        };
+        let nodes = parse_plan(&p);
+        assert!(!nodes.is_empty(), "no plan nodes in:\n{p}");
+        (p, nodes)
+    }
+
+    /// The one node of the plan that scans the relation the query calls `alias`.
+    fn scan_of<'a>(nodes: &'a [Node], alias: &str, p: &str) -> &'a Node {
+        let scans: Vec<&Node> = nodes
+            .iter()
+            .filter(|n| n.alias.as_deref() == Some(alias))
+            .collect();
+        assert_eq!(scans.len(), 1, "one scan of {alias} expected in plan:\n{p}");
+        scans[0]
+    }
+
+    /// Assert that the plan scans the relation the query calls `alias` (relation `relation`)
+    /// with a node of type `kind` (exactly: "Index Scan" is not "Index Only Scan" nor
+    /// "Parallel Index Scan") and, for index scans, with index `index`.
+    fn assert_scan(
+        nodes: &[Node],
+        p: &str,
+        alias: &str,
+        relation: &str,
+        kind: &str,
+        index: Option<&str>,
+    ) {
+        let n = scan_of(nodes, alias, p);
+        assert_eq!(
+            (n.kind.as_str(), n.relation.as_deref(), n.index.as_deref()),
+            (kind, Some(relation), index),
+            "scan of {alias} in plan:\n{p}"
+        );
+    }
+
+    /// Whether a plan node joins (Nested Loop, Hash Join, Merge Left Join ...).
+    fn is_join(kind: &str) -> bool {
+        kind.starts_with("Nested Loop") || kind.ends_with(" Join")
+    }
+
+    /// The aliases of the relations scanned at or below node `i`.
+    fn aliases_below(nodes: &[Node], i: usize) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for (j, n) in nodes.iter().enumerate() {
+            let mut k = Some(j);
+            while let Some(x) = k {
+                if x == i {
+                    if let Some(a) = &n.alias {
+                        out.insert(a.clone());
+                    }
+                    break;
+                }
+                k = nodes[x].parent;
+            }
+        }
+        out
+    }
+
+    /// The sets of relations (aliases) that the plan's join nodes join, smallest first.
+    fn join_sets(nodes: &[Node]) -> Vec<Vec<String>> {
+        let mut sets: Vec<Vec<String>> = (0..nodes.len())
+            .filter(|&i| is_join(&nodes[i].kind))
+            .map(|i| aliases_below(nodes, i).into_iter().collect())
+            .collect();
+        sets.sort_by_key(|s| s.len());
+        sets
+    }
+
+    /// The join sets of a left-deep join in the order `order`: {o1 o2}, {o1 o2 o3} ...
+    fn left_deep(order: &[&str]) -> Vec<Vec<String>> {
+        (2..=order.len())
+            .map(|n| {
+                let mut s: Vec<String> = order[..n].iter().map(|a| a.to_string()).collect();
+                s.sort();
+                s
+            })
+            .collect()
+    }
+
+    /// Assert that the plan joins the relations in the order `order` (o1 with o2 first, then
+    /// the result with o3, ...; inner and outer sides free), and nothing else.
+    fn assert_join_order(nodes: &[Node], p: &str, order: &[&str]) {
+        assert_eq!(
+            join_sets(nodes),
+            left_deep(order),
+            "join order {order:?} expected in plan:\n{p}"
+        );
+    }
+
     fn report(query: &str) -> Vec<(String, String, String)> {
         Spi::connect(|c| {
             c.select(
@@ -237,27 +401,14 @@ mod tests {
     #[pg_test]
     fn leading_list_fixes_order() {
         setup();
-        // the first two relations form the innermost join
-        let p = plan(&format!(
-            "/*+ Leading(t4 t3 t2 t1) */ EXPLAIN (COSTS OFF) {J4}"
-        ));
-        let lines: Vec<&str> = p.lines().collect();
-        // the deepest join (most indented join node) joins t4 and t3
-        let pos = |t: &str| {
-            lines
-                .iter()
-                .position(|l| l.contains(&format!("on {t}")))
-                .unwrap()
-        };
-        let depth = |t: &str| lines[pos(t)].len() - lines[pos(t)].trim_start().len();
-        assert!(
-            depth("t4") > depth("t1") && depth("t3") > depth("t1"),
-            "{p}"
-        );
-        assert!(
-            depth("t4") >= depth("t2") && depth("t3") >= depth("t2"),
-            "{p}"
-        );
+        // the first two relations form the innermost join, then one relation at a time joins
+        let (p, nodes) = plan_nodes("Leading(t4 t3 t2 t1)", J4);
+        assert_join_order(&nodes, &p, &["t4", "t3", "t2", "t1"]);
+        // an order the planner does not choose by itself
+        let (p, nodes) = plan_nodes("", J4);
+        assert_ne!(join_sets(&nodes)[0], ["t1", "t2"], "unhinted plan:\n{p}");
+        let (p, nodes) = plan_nodes("Leading(t1 t2 t3 t4)", J4);
+        assert_join_order(&nodes, &p, &["t1", "t2", "t3", "t4"]);
     }
 
     #[pg_test]
@@ -325,8 +476,9 @@ mod tests {
     fn leading_with_outer_joins() {
         setup();
         let q = "SELECT * FROM t1 LEFT JOIN (t2 JOIN t3 ON t3.t2_id = t2.id) ON t1.id = t2.t1_id";
-        // a legal order is followed
-        check("Leading(((t2 t3) t1))", q, &["Join", "on t"]);
+        // a legal order is followed: t2 and t3 are joined first, then t1
+        let (p, nodes) = plan_nodes("Leading(((t2 t3) t1))", q);
+        assert_join_order(&nodes, &p, &["t2", "t3", "t1"]);
         let rep = report(&format!("/*+ Leading(((t2 t3) t1)) */ {q}"));
         assert_eq!(status_of(&rep, "Leading(((t2 t3) t1))"), "used", "{rep:?}");
         // an impossible one is reported and the query still plans
@@ -536,7 +688,6 @@ mod tests {
             ("NoIndexScan(a)", "SELECT * FROM pgbench_accounts a WHERE aid = 1", &["Bitmap Heap Scan on pgbench_accounts a"]),
             ("NoIndexScan(a) Set(enable_bitmapscan off)", "SELECT * FROM pgbench_accounts a WHERE aid = 1", &["Seq Scan on pgbench_accounts a"]),
             ("TidScan(a)", "SELECT * FROM pgbench_accounts a WHERE ctid = '(1,1)' AND aid = 1", &["Tid Scan on pgbench_accounts a"]),
-            ("NoSeqScan(a)", "SELECT * FROM pgbench_accounts a WHERE abalance = 0", &["on pgbench_accounts a"]),
             ("Parallel(a 2 hard)", "SELECT * FROM pgbench_accounts a WHERE abalance = 3", &["Gather", "Workers Planned: 2", "Parallel Seq Scan on pgbench_accounts a"]),
             ("Parallel(a 3 hard)", "SELECT count(*) FROM pgbench_accounts a", &["Gather", "Workers Planned: 3", "Parallel Seq Scan on pgbench_accounts a"]),
             ("Leading(t b a) HashJoin(t b) HashJoin(t b a)", "SELECT * FROM pgbench_tellers t JOIN pgbench_branches b ON t.bid = b.bid JOIN pgbench_accounts a ON a.bid = b.bid", &["Hash Join", "Hash Join"]),
@@ -549,15 +700,53 @@ mod tests {
             ("HashJoin(t1 t2) Leading((t1 t2))", J2, &["Hash Join", "Seq Scan on t1", "Hash", "Seq Scan on t2"]),
             ("HashJoin(t1 t2) Leading((t2 t1))", J2, &["Hash Join", "Seq Scan on t2", "Hash", "Seq Scan on t1"]),
             ("NoHashJoin(t1 t2) Set(enable_nestloop off)", J2, &["Merge Join"]),
-            ("Leading(t5 t4 t3 t2 t1)", J5, &["on t"]),
             ("Leading((((t5 t4) t3) (t2 t1))) HashJoin(t5 t4) HashJoin(t5 t4 t3)", J5, &["on t5", "on t4", "on t3", "on t2", "on t1"]),
             ("Set(random_page_cost 100) Set(enable_seqscan off)", "SELECT * FROM t1 WHERE val = 3", &["t1_val"]),
-            ("SeqScan(t1) SeqScan(t2) NestLoop(t1 t2)", "SELECT * FROM t1, t2 WHERE t1.id = t2.t1_id AND t1.id < 3", &["Nested Loop", "Seq Scan on t", "Seq Scan on t"]),
         ];
         assert!(cases.len() >= 30);
         for (hints, query, expect) in cases {
             check(hints, query, expect);
         }
+
+        // Cases checked on the parsed plan: the node that scans a relation, the joins' order.
+        // NoSeqScan(a): where there is another path (the planner's own choice is a Seq Scan),
+        // the hinted scan of `a` is not a Seq Scan. (Without a usable index condition, as in
+        // `WHERE abalance = 0`, the Seq Scan is the only path and stays.)
+        let q = "SELECT * FROM pgbench_accounts a WHERE aid > 100";
+        let (p, nodes) = plan_nodes("", q);
+        assert_scan(&nodes, &p, "a", "pgbench_accounts", "Seq Scan", None);
+        let (p, nodes) = plan_nodes("NoSeqScan(a)", q);
+        assert_scan(
+            &nodes,
+            &p,
+            "a",
+            "pgbench_accounts",
+            "Index Scan",
+            Some("pgbench_accounts_pkey"),
+        );
+        // Leading with a list: the first two relations are joined first, then one at a time.
+        let (p, nodes) = plan_nodes("Leading(t5 t4 t3 t2 t1)", J5);
+        assert_join_order(&nodes, &p, &["t5", "t4", "t3", "t2", "t1"]);
+        // ... also in orders the planner does not choose by itself
+        let (p, nodes) = plan_nodes("", J5);
+        assert_ne!(join_sets(&nodes)[0], ["t1", "t2"], "unhinted plan:\n{p}");
+        assert_ne!(join_sets(&nodes)[0], ["t2", "t3"], "unhinted plan:\n{p}");
+        for order in [
+            ["t1", "t2", "t3", "t4", "t5"],
+            ["t3", "t2", "t4", "t1", "t5"],
+        ] {
+            let (p, nodes) = plan_nodes(&format!("Leading({})", order.join(" ")), J5);
+            assert_join_order(&nodes, &p, &order);
+        }
+        // both scans are the hinted Seq Scans, under the hinted Nested Loop
+        let (p, nodes) = plan_nodes(
+            "SeqScan(t1) SeqScan(t2) NestLoop(t1 t2)",
+            "SELECT * FROM t1, t2 WHERE t1.id = t2.t1_id AND t1.id < 3",
+        );
+        assert_eq!(nodes[0].kind, "Nested Loop", "{p}");
+        assert_join_order(&nodes, &p, &["t1", "t2"]);
+        assert_scan(&nodes, &p, "t1", "t1", "Seq Scan", None);
+        assert_scan(&nodes, &p, "t2", "t2", "Seq Scan", None);
     }
 
     // ------------------------------------------------------------- errors

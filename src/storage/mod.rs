@@ -1,12 +1,14 @@
 //! Storage glue: torii-core's page formats applied to PostgreSQL's buffers.
 //!
 //! * [`buffer`]: RAII guards for pinned and locked buffers.
-//! * [`wal`]: every page change, named by operation, through generic WAL.
+//! * [`wal`]: every page change, named by operation: row-level records or generic WAL.
+//! * [`rmgr`]: torii's WAL resource manager (registration, redo, masking).
 //! * [`pages`]: reading verified pages, finding room for rows, the metapage.
 //! * [`vm`]: the visibility map fork (set by VACUUM, cleared by the first writer).
 
 pub mod buffer;
 pub mod pages;
+pub mod rmgr;
 pub mod undo;
 pub mod vm;
 pub mod wal;

@@ -338,13 +338,8 @@ pub fn space_needed(len: usize) -> usize {
 
 /// Whether a data page takes another row of `len` bytes.
 pub fn fits(p: &[u8], len: usize) -> bool {
-    let lps = page::line_pointer_count(p);
-    let free = page::pd_upper(p) - page::pd_lower(p);
-    if lps >= page::MAX_ROWS_PER_PAGE {
-        // Only a recycled line pointer can take the row (PageAddItem reuses one first).
-        return has_unused_pointer(p) && free >= len.next_multiple_of(8);
-    }
-    free >= space_needed(len)
+    // The rule of the page operation itself (a reused line pointer costs no pointer room).
+    torii_core::pageop::can_add(p, len, Some(page::MAX_ROWS_PER_PAGE)).is_ok()
 }
 
 /// Bytes an insert leaves free on a page that already holds rows: the table's `fillfactor`
@@ -367,11 +362,6 @@ pub unsafe fn fillfactor_reserve(rel: pg_sys::Relation) -> usize {
 /// Largest request the free space map takes (`MaxFSMRequestSize`, i.e. heap's
 /// MaxHeapTupleSize); a larger one goes straight to a new page, as heap does.
 const MAX_FSM_REQUEST: usize = 8160;
-
-/// Whether a page has a line pointer VACUUM made reusable.
-fn has_unused_pointer(p: &[u8]) -> bool {
-    (1..=page::line_pointer_count(p)).any(|o| page::line_pointer(p, o).flags == page::LP_UNUSED)
-}
 
 /// Whether an undo page takes another record of `len` bytes (no slot limit there).
 pub fn fits_undo(p: &[u8], len: usize) -> bool {
@@ -437,7 +427,8 @@ pub unsafe fn find_room(
         }
         // A page whose line pointers are all taken has no room, whatever its free bytes.
         let free = if page::kind(p) == Some(PageKind::Data)
-            && (page::line_pointer_count(p) < page::MAX_ROWS_PER_PAGE || has_unused_pointer(p))
+            && (page::line_pointer_count(p) < page::MAX_ROWS_PER_PAGE
+                || torii_core::pageop::reusable_pointers(p) > 0)
         {
             page::free_space(p)
         } else {

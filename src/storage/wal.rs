@@ -1,20 +1,25 @@
-//! Every change of a torii page goes through this module, as generic WAL records.
+//! Every change of a torii page goes through this module.
 //!
-//! [`PageEdit`] wraps `GenericXLogStart` … `GenericXLogFinish`: callers edit the page *images*
-//! that generic WAL hands out, and [`PageEdit::finish`] stamps each image's CRC32C before
-//! `GenericXLogFinish` computes the deltas, applies them, marks the buffers dirty and sets
-//! their LSNs (inside its own critical section, in which no code of ours runs). A `PageEdit`
-//! dropped without `finish` (an ERROR while editing) calls `GenericXLogAbort`, leaving the
-//! buffers untouched.
+//! Row changes (insert, multi-insert, in-place and cold update, delete, rollback on touch,
+//! speculative confirm and kill) are [`torii_core::walrec`] records: the page change is the
+//! torii-core function WAL redo also calls, applied to a copy of each locked page. With torii
+//! preloaded the record is logged by torii's resource manager ([`super::rmgr`]); without, the
+//! same page changes are logged as generic WAL (any server replays those without torii).
 //!
-//! The functions below name the operation (format a page, add rows, …) so that a custom
-//! resource manager with row-level records can replace generic WAL later without touching
-//! the callers.
+//! [`PageEdit`] wraps `GenericXLogStart` … `GenericXLogFinish` for everything else (metapage
+//! formatting, VACUUM's page edits, torii_btree pages, the visibility map): callers edit the
+//! page *images* that generic WAL hands out, and [`PageEdit::finish`] stamps each image's
+//! CRC32C before `GenericXLogFinish` computes the deltas, applies them, marks the buffers dirty
+//! and sets their LSNs (inside its own critical section, in which no code of ours runs). A
+//! `PageEdit` dropped without `finish` (an ERROR while editing) calls `GenericXLogAbort`,
+//! leaving the buffers untouched.
 
 use super::buffer::{Lock, LockedBuffer};
 use pgrx::pg_sys;
-use torii_core::row::UndoPtr;
-use torii_core::{meta::Meta, page, page::PageKind};
+use torii_core::row::{RowHeader, UndoPtr};
+use torii_core::undo::UndoKind;
+use torii_core::walrec::{self, Rec};
+use torii_core::{meta::Meta, page, page::PageKind, pageop};
 
 /// An open generic WAL record over at most 4 buffers.
 pub struct PageEdit {
@@ -106,6 +111,201 @@ pub unsafe fn init_metapage(rel: pg_sys::Relation, buf: &LockedBuffer, horizon: 
     e.finish();
 }
 
+/// The pages a row record touches, locked by the caller (see `torii_core::walrec`, "Blocks").
+struct RowPages<'a> {
+    data: &'a LockedBuffer,
+    /// The record formats the data page.
+    data_init: bool,
+    /// Block 1: the undo page that takes the record; a new page when `target.link` is set.
+    undo: Option<&'a LockedBuffer>,
+    /// Block 2: the old undo tail that gets linked to a new undo page.
+    tail: Option<&'a LockedBuffer>,
+    /// Block 3: the metapage.
+    meta: Option<&'a LockedBuffer>,
+}
+
+/// Applies a row record to its pages and logs it: as a row-level record of torii's resource
+/// manager when torii is preloaded, else as generic WAL over the same page changes. Either
+/// way the pages change through the torii-core functions WAL redo uses. Returns the offsets
+/// of inserted rows.
+///
+/// # Safety
+/// `rel` must be open and every page of `pages` one of its buffers, exclusively locked.
+unsafe fn log_row_record(rel: pg_sys::Relation, rec: &Rec, pages: RowPages) -> Vec<u16> {
+    let data_blk = pages.data.block();
+    let undo_blk = pages.undo.map(|b| b.block()).unwrap_or(0);
+    let undo_init = undo_target_is_new(rec);
+    let slots: [(u8, Option<&LockedBuffer>, bool); 4] = [
+        (walrec::BLK_DATA, Some(pages.data), pages.data_init),
+        (walrec::BLK_UNDO, pages.undo, undo_init),
+        (walrec::BLK_TAIL, pages.tail, false),
+        (walrec::BLK_META, pages.meta, false),
+    ];
+    let fail = |e: walrec::RecError| -> ! {
+        pgrx::error!(
+            "torii: cannot apply {} to block {data_blk}: {e}",
+            walrec::describe(rec)
+        )
+    };
+    if !super::rmgr::active() {
+        notice_generic_wal_once();
+        let mut e = PageEdit::start(rel);
+        let idx: Vec<(u8, usize)> = slots
+            .iter()
+            .filter_map(|(id, b, init)| b.map(|b| (*id, e.register(b, *init))))
+            .collect();
+        let mut offs = Vec::new();
+        for (id, i) in idx {
+            let img = e.page(i);
+            match id {
+                walrec::BLK_DATA => {
+                    offs = walrec::apply_data(rec, undo_blk, img).unwrap_or_else(|e| fail(e))
+                }
+                walrec::BLK_UNDO => {
+                    walrec::apply_undo(rec, data_blk, img).unwrap_or_else(|e| fail(e))
+                }
+                walrec::BLK_TAIL => walrec::apply_tail(undo_blk, img),
+                _ => walrec::apply_meta(rec, undo_blk, img),
+            }
+        }
+        e.finish();
+        return offs;
+    }
+    // A change of an all-visible data page first clears its visibility map bit, in a record of
+    // its own logged before this one (torii_core::vm, "Invariant").
+    for (_, b, _) in &slots {
+        if let Some(b) = b {
+            super::vm::clear_before_change(rel, b);
+        }
+    }
+    if let Some(u) = pages.undo {
+        // Checked before the critical section: only the data page's change may fail in there.
+        walrec::check_undo(rec, data_blk, u.page()).unwrap_or_else(|e| fail(e));
+    }
+    let blocks: Vec<super::rmgr::Block> = slots
+        .iter()
+        .filter_map(|(id, b, init)| {
+            b.map(|buf| super::rmgr::Block {
+                id: *id,
+                buf,
+                init: *init,
+            })
+        })
+        .collect();
+    let main = rec.encode();
+    let mut offs = Vec::new();
+    let res = super::rmgr::apply_and_log(rel, rec.info(), &main, &blocks, |id, p| {
+        match id {
+            walrec::BLK_DATA => offs = walrec::apply_data(rec, undo_blk, p)?,
+            walrec::BLK_UNDO => walrec::apply_undo(rec, data_blk, p)?,
+            walrec::BLK_TAIL => walrec::apply_tail(undo_blk, p),
+            _ => walrec::apply_meta(rec, undo_blk, p),
+        }
+        Ok::<(), walrec::RecError>(())
+    });
+    if let Err(e) = res {
+        fail(e);
+    }
+    for b in &blocks {
+        super::pages::remember_written(rel, b.buf.buffer(), b.buf.block());
+    }
+    offs
+}
+
+/// True when the record's undo page is one it links in (and so formats).
+fn undo_target_is_new(rec: &Rec) -> bool {
+    match rec {
+        Rec::Insert { note: Some(t), .. } | Rec::Change { target: t, .. } => t.link.is_some(),
+        _ => false,
+    }
+}
+
+thread_local! {
+    static GENERIC_NOTICE_GIVEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Says once per backend that torii writes generic WAL because it is not preloaded.
+fn notice_generic_wal_once() {
+    if GENERIC_NOTICE_GIVEN.with(|g| g.replace(true)) {
+        return;
+    }
+    pgrx::ereport!(
+        pgrx::PgLogLevel::NOTICE,
+        pgrx::PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        "torii is not loaded through shared_preload_libraries: its writes use generic WAL",
+        "Generic WAL logs page diffs: about twice the WAL and CPU of torii's row-level records. Add torii to shared_preload_libraries and restart to use them."
+    );
+}
+
+/// Where the undo record of `space` goes: its item number and the link of a new page.
+fn undo_target(space: &super::undo::UndoSpace) -> (walrec::UndoTarget, &LockedBuffer) {
+    match (&space.tail, &space.new_page) {
+        (Some(t), None) => (
+            walrec::UndoTarget {
+                undo_off: pageop::next_offset(t.page()),
+                link: None,
+            },
+            t,
+        ),
+        (tail, Some(np)) => {
+            // A page taken from the head of the free-page list: the list goes on from its next.
+            let free_next = (page::kind(np.page()) == Some(PageKind::Free))
+                .then(|| page::read_special(np.page()).next);
+            (
+                walrec::UndoTarget {
+                    undo_off: 1,
+                    link: Some(walrec::UndoLink {
+                        had_tail: tail.is_some(),
+                        free_next,
+                    }),
+                },
+                np,
+            )
+        }
+        (None, None) => unreachable!("undo space always has a page"),
+    }
+}
+
+/// The pages of a record that appends to undo `space`.
+fn undo_pages<'a>(
+    data: &'a LockedBuffer,
+    data_init: bool,
+    space: &'a super::undo::UndoSpace,
+    target: &walrec::UndoTarget,
+    target_page: &'a LockedBuffer,
+) -> RowPages<'a> {
+    let new_page = target.link.is_some();
+    RowPages {
+        data,
+        data_init,
+        undo: Some(target_page),
+        tail: if new_page { space.tail.as_ref() } else { None },
+        meta: if new_page { space.meta.as_ref() } else { None },
+    }
+}
+
+/// The insert record for `rows` on `buf` (formatted first when `format` is set).
+fn insert_record<'a>(
+    buf: &LockedBuffer,
+    format: bool,
+    rows: &[&'a [u8]],
+    note: Option<walrec::UndoTarget>,
+) -> Rec<'a> {
+    let h = RowHeader::read(rows[0]);
+    Rec::Insert {
+        init: format,
+        xid: h.xid,
+        cid: h.cid,
+        first_off: if format {
+            1
+        } else {
+            pageop::next_offset(buf.page())
+        },
+        rows: walrec::Rows::Whole(rows.to_vec()),
+        note,
+    }
+}
+
 /// Adds rows to a data page (formatting it first when `format` is set) in one record, and
 /// returns their offsets. The caller has checked that they fit.
 ///
@@ -117,128 +317,22 @@ pub unsafe fn add_rows(
     format: bool,
     rows: &[&[u8]],
 ) -> Vec<pg_sys::OffsetNumber> {
-    // SAFETY: rel is open, buf exclusively locked.
-    let mut e = unsafe { PageEdit::start(rel) };
-    let i = e.register(buf, format);
-    let img = e.page(i);
-    if format {
-        page::init_page(img, PageKind::Data);
-    }
-    let offs = rows.iter().map(|r| add_item_heap(img, r)).collect();
-    e.finish();
-    offs
+    let rec = insert_record(buf, format, rows, None);
+    log_row_record(
+        rel,
+        &rec,
+        RowPages {
+            data: buf,
+            data_init: format,
+            undo: None,
+            tail: None,
+            meta: None,
+        },
+    )
 }
 
-/// Writes `bytes` over item `off` of a locked page image: same-size or shorter rows are
-/// zero-padded to the item's current length (items never shrink while a change may still be
-/// rolled back, so restoring an older image always fits); longer rows grow the item with
-/// `PageIndexTupleOverwrite`, the caller having checked the page has room.
-fn overwrite_item(img: &mut [u8], off: u16, bytes: &[u8]) {
-    let lp = page::line_pointer(img, off as usize);
-    if bytes.len() <= lp.len {
-        img[lp.off..lp.off + bytes.len()].copy_from_slice(bytes);
-        img[lp.off + bytes.len()..lp.off + lp.len].fill(0);
-    } else {
-        // SAFETY: img is a page image with a valid header and item `off` has storage.
-        let ok = unsafe {
-            pg_sys::PageIndexTupleOverwrite(
-                img.as_mut_ptr() as pg_sys::Page,
-                off,
-                bytes.as_ptr() as pg_sys::Item,
-                bytes.len(),
-            )
-        };
-        if !ok {
-            pgrx::error!("torii: failed to grow row {off} to {} bytes", bytes.len());
-        }
-    }
-}
-
-/// Room a row at `off` needs to grow to `len` bytes on this page.
-pub fn growth_needed(p: &[u8], off: u16, len: usize) -> usize {
-    let lp = page::line_pointer(p, off as usize);
-    len.next_multiple_of(8)
-        .saturating_sub(lp.len.next_multiple_of(8))
-}
-
-/// Appends undo record `record` (reserved space `space`) and writes `new_row` (built by
-/// `make_row` from the record's undo pointer) over row `off` of the locked data page: one WAL
-/// record over the data page, the undo tail, and — when a new undo page is linked in — that
-/// page and the metapage.
-///
-/// # Safety
-/// `rel` must be an open relation; `data` and the buffers of `space` must be its buffers,
-/// exclusively locked.
-pub unsafe fn change_row(
-    rel: pg_sys::Relation,
-    data: &LockedBuffer,
-    off: u16,
-    space: &super::undo::UndoSpace,
-    record: &[u8],
-    make_row: impl FnOnce(UndoPtr) -> Vec<u8>,
-) -> UndoPtr {
-    // SAFETY: rel is open; every registered buffer is exclusively locked by its guard.
-    let mut e = unsafe { PageEdit::start(rel) };
-    let di = e.register(data, false);
-    let ptr = append_undo(&mut e, space, record);
-    let row = make_row(ptr);
-    overwrite_item(e.page(di), off, &row);
-    e.finish();
-    ptr
-}
-
-/// Registers the undo pages of `space` in `e` and appends `record`, linking in a new undo
-/// page when the reservation has one.
-fn append_undo(e: &mut PageEdit, space: &super::undo::UndoSpace, record: &[u8]) -> UndoPtr {
-    match (&space.tail, &space.new_page) {
-        (Some(t), None) => {
-            let ti = e.register(t, false);
-            let o = add_item(e.page(ti), record);
-            UndoPtr {
-                blk: t.block(),
-                off: o,
-            }
-        }
-        (tail, Some(np)) => {
-            let new_blk = np.block();
-            // A page taken from the head of the free-page list: the list goes on from its next.
-            let free_next = (page::kind(np.page()) == Some(PageKind::Free))
-                .then(|| page::read_special(np.page()).next);
-            let ni = e.register(np, true);
-            page::init_page(e.page(ni), PageKind::Undo);
-            let o = add_item(e.page(ni), record);
-            if let Some(t) = tail {
-                let ti = e.register(t, false);
-                page::set_next(e.page(ti), new_blk);
-            }
-            let meta = space
-                .meta
-                .as_ref()
-                .expect("a new undo page comes with the metapage");
-            let mi = e.register(meta, false);
-            let mp = e.page(mi);
-            let mut m = Meta::read(mp);
-            if m.undo_head == page::NO_BLOCK {
-                m.undo_head = new_blk;
-            }
-            m.undo_tail = new_blk;
-            m.undo_appended += page::BLCKSZ as u64;
-            if let Some(next) = free_next.filter(|_| m.free_head == new_blk) {
-                m.free_head = next;
-                m.free_pages = m.free_pages.saturating_sub(1);
-            }
-            m.write(mp);
-            UndoPtr {
-                blk: new_blk,
-                off: o,
-            }
-        }
-        (None, None) => unreachable!("undo space always has a page"),
-    }
-}
-
-/// Adds rows to a data page like [`add_rows`], and in the same WAL record the insert note
-/// `note` to the undo log (see `UndoKind::Insert`).
+/// Adds rows to a data page like [`add_rows`], and in the same WAL record the insert note of
+/// the rows' writer for this block (see `UndoKind::Insert`) to the undo log.
 ///
 /// # Safety
 /// `rel` must be an open relation; `buf` and the buffers of `space` must be its buffers,
@@ -249,68 +343,76 @@ pub unsafe fn add_rows_noted(
     format: bool,
     rows: &[&[u8]],
     space: &super::undo::UndoSpace,
-    note: &[u8],
 ) -> Vec<pg_sys::OffsetNumber> {
-    // SAFETY: rel is open; all buffers are exclusively locked by their guards.
-    let mut e = unsafe { PageEdit::start(rel) };
-    let i = e.register(buf, format);
-    append_undo(&mut e, space, note);
-    let img = e.page(i);
-    if format {
-        page::init_page(img, PageKind::Data);
-    }
-    let offs = rows.iter().map(|r| add_item_heap(img, r)).collect();
-    e.finish();
-    offs
+    let (target, tp) = undo_target(space);
+    let rec = insert_record(buf, format, rows, Some(target));
+    log_row_record(rel, &rec, undo_pages(buf, format, space, &target, tp))
 }
 
-/// Adds a row to a data page image (at most MaxHeapTuplesPerPage slots).
-fn add_item_heap(img: &mut [u8], row: &[u8]) -> pg_sys::OffsetNumber {
-    // SAFETY: img is a page image with a valid header.
-    let off = unsafe {
-        pg_sys::PageAddItemExtended(
-            img.as_mut_ptr() as pg_sys::Page,
-            row.as_ptr() as pg_sys::Item,
-            row.len(),
-            pg_sys::InvalidOffsetNumber,
-            pg_sys::PAI_IS_HEAP as i32,
-        )
-    };
-    if off == pg_sys::InvalidOffsetNumber {
-        pgrx::error!("torii: failed to add row of {} bytes to page", row.len());
-    }
-    off
+/// Room a row at `off` needs to grow to `len` bytes on this page.
+pub fn growth_needed(p: &[u8], off: u16, len: usize) -> usize {
+    pageop::growth_needed(p, off, len)
 }
 
-/// Adds an item to a page image, returning its offset.
-fn add_item(img: &mut [u8], item: &[u8]) -> u16 {
-    // SAFETY: img is a page image with a valid header.
-    let o = unsafe {
-        pg_sys::PageAddItemExtended(
-            img.as_mut_ptr() as pg_sys::Page,
-            item.as_ptr() as pg_sys::Item,
-            item.len(),
-            pg_sys::InvalidOffsetNumber,
-            0,
-        )
+/// Appends the undo record of a `kind` change by (`xid`, `cid`) of row `off` (image
+/// `undo_delta`, the old row against the new) to undo `space`, and writes `new_row` (built by
+/// `make_row` from the record's undo pointer) over the row: one WAL record over the data page,
+/// the undo page, and — when a new undo page is linked in — the old tail and the metapage.
+///
+/// # Safety
+/// `rel` must be an open relation; `data` and the buffers of `space` must be its buffers,
+/// exclusively locked.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn change_row(
+    rel: pg_sys::Relation,
+    data: &LockedBuffer,
+    off: u16,
+    space: &super::undo::UndoSpace,
+    kind: UndoKind,
+    xid: u64,
+    cid: u32,
+    undo_delta: &[u8],
+    make_row: impl FnOnce(UndoPtr) -> Vec<u8>,
+) -> UndoPtr {
+    let (target, tp) = undo_target(space);
+    let ptr = UndoPtr {
+        blk: tp.block(),
+        off: target.undo_off,
     };
-    if o == pg_sys::InvalidOffsetNumber {
-        pgrx::error!("torii: failed to add an item of {} bytes", item.len());
-    }
-    o
+    let new = make_row(ptr);
+    let old = pageop::item(data.page(), off)
+        .unwrap_or_else(|e| pgrx::error!("torii: row {off} of block {}: {e}", data.block()))
+        .to_vec();
+    let mut buf = Vec::new();
+    let rec = Rec::change(
+        off, kind, xid, cid, target, ptr.blk, &old, &new, undo_delta, &mut buf,
+    );
+    log_row_record(rel, &rec, undo_pages(data, false, space, &target, tp));
+    ptr
 }
 
 /// Overwrites row `off` without an undo record: rollback on touch (restoring an aborted
-/// change's previous image), confirming a speculative insertion, marking a row locked.
+/// change's previous image), confirming a speculative insertion.
 ///
 /// # Safety
 /// `rel` must be an open relation and `data` a buffer of it, exclusively locked.
 pub unsafe fn overwrite_row(rel: pg_sys::Relation, data: &LockedBuffer, off: u16, bytes: &[u8]) {
-    // SAFETY: rel is open; data is exclusively locked.
-    let mut e = unsafe { PageEdit::start(rel) };
-    let di = e.register(data, false);
-    overwrite_item(e.page(di), off, bytes);
-    e.finish();
+    let old = pageop::item(data.page(), off)
+        .unwrap_or_else(|e| pgrx::error!("torii: row {off} of block {}: {e}", data.block()))
+        .to_vec();
+    let mut buf = Vec::new();
+    let rec = Rec::overwrite(off, &old, bytes, &mut buf);
+    log_row_record(
+        rel,
+        &rec,
+        RowPages {
+            data,
+            data_init: false,
+            undo: None,
+            tail: None,
+            meta: None,
+        },
+    );
 }
 
 /// Applies `f` to the image of a locked page in one WAL record (pruning, setting line
@@ -360,17 +462,15 @@ pub unsafe fn kill_row(rel: pg_sys::Relation, data: &LockedBuffer, off: u16) {
     // SAFETY: rel is open with a metapage (the row exists); data is exclusively locked.
     let (meta, _) =
         unsafe { super::pages::read_verified(rel, 0, Lock::Exclusive, std::ptr::null_mut()) };
-    // SAFETY: rel is open; both buffers are exclusively locked.
-    let mut e = unsafe { PageEdit::start(rel) };
-    let di = e.register(data, false);
-    let mi = e.register(&meta, false);
-    let img = e.page(di);
-    let mut lp = page::line_pointer(img, off as usize);
-    lp.flags = page::LP_DEAD;
-    page::set_line_pointer(img, off as usize, lp);
-    let mp = e.page(mi);
-    let mut m = Meta::read(mp);
-    m.pending_dead += 1;
-    m.write(mp);
-    e.finish();
+    log_row_record(
+        rel,
+        &Rec::Kill { off },
+        RowPages {
+            data,
+            data_init: false,
+            undo: None,
+            tail: None,
+            meta: Some(&meta),
+        },
+    );
 }

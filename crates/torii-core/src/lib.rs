@@ -7,7 +7,9 @@
 
 pub mod meta;
 pub mod page;
+pub mod pageop;
 pub mod row;
 pub mod undo;
 pub mod visibility;
 pub mod vm;
+pub mod walrec;
