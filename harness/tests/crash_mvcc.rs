@@ -29,7 +29,7 @@ use postgres::Client;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use torii_harness::testing::{
-    am, assert_verify_clean, cluster_with_db_conf, is_torii, torii_stats, DB,
+    am, assert_verify_clean, cluster_with_db_conf, is_torii, torii_stats, wal_check_conf, DB,
 };
 use torii_harness::{err, sql, Cluster, Result};
 
@@ -99,7 +99,7 @@ fn amcheck(cl: &mut Client, indexes: &[&str]) -> Result<()> {
 #[test]
 fn kill9_with_updates_and_deletes_in_flight() -> Result<()> {
     const ROWS: i64 = 40_000;
-    let (c, mut cl) = cluster_with_db_conf("crash-mvcc", &["autovacuum = off"])?;
+    let (c, mut cl) = cluster_with_db_conf("crash-mvcc", &["autovacuum = off", wal_check_conf()])?;
     cl.batch_execute(&format!(
         "CREATE EXTENSION amcheck; \
          CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, k int NOT NULL, pad text) USING {am}; \

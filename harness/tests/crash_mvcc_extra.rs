@@ -22,10 +22,15 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use torii_harness::testing::{am, assert_verify_clean, cluster_with_db_conf, is_torii, DB};
+use torii_harness::testing::{
+    am, assert_verify_clean, cluster_with_db_conf, is_torii, wal_check_conf, DB,
+};
 use torii_harness::{err, sql, Cluster, Result};
 
-const CONF: &[&str] = &["autovacuum = off"];
+/// Recovery after each crash checks every replayed page against the primary's image.
+fn conf() -> [&'static str; 2] {
+    ["autovacuum = off", wal_check_conf()]
+}
 /// Commits that 3 s of the cold-update workload without a crash must reach at least.
 const MIN_COMMITS_WITHOUT_CRASH: u64 = 200;
 
@@ -212,7 +217,7 @@ fn crash_during(c: &Cluster, statement: &str, delay: Duration) -> Result<bool> {
 }
 
 fn vacuum_crash(name: &str, statement: &str) -> Result<()> {
-    let (c, mut cl) = cluster_with_db_conf(name, CONF)?;
+    let (c, mut cl) = cluster_with_db_conf(name, &conf())?;
     create_pair(&mut cl, 60_000)?;
     make_undo(&c, &mut cl)?;
     if is_torii() {
@@ -353,7 +358,7 @@ fn worker(
 
 #[test]
 fn crash_during_cold_update_workload() -> Result<()> {
-    let (c, mut cl) = cluster_with_db_conf("crash-coldupd", CONF)?;
+    let (c, mut cl) = cluster_with_db_conf("crash-coldupd", &conf())?;
     create_pair(&mut cl, 40_000)?;
     make_undo(&c, &mut cl)?;
     // Returns the transactions committed.

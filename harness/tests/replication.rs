@@ -51,7 +51,7 @@ fn primary_conf() -> Vec<&'static str> {
         "hot_standby = on",
         wal_check_conf(),
     ];
-    if is_torii() {
+    if is_torii() && !generic_wal() {
         conf.push("shared_preload_libraries = 'torii'");
     }
     conf
