@@ -291,8 +291,9 @@ unsafe fn apply_change(
     let (blk, off) = tid_parts(&t);
     // The record keeps only what differs from the new version (header always), which every
     // reader of the record holds.
-    let new_len = make_row(row::UndoPtr::NONE).len();
-    let delta = torii_core::undo::make_row_delta(old_row, &make_row(row::UndoPtr::NONE));
+    let unplaced = make_row(row::UndoPtr::NONE);
+    let new_len = unplaced.len();
+    let delta = torii_core::undo::make_row_delta(old_row, &unplaced);
     let record_len = torii_core::undo::RECORD_HEADER + delta.len();
     if record_len > undo::MAX_RECORD {
         ereport!(

@@ -218,23 +218,19 @@ unsafe extern "C-unwind" fn torii_redo(record: *mut pg_sys::XLogReaderState) {
         return;
     }
     let (has_undo, has_tail, has_meta) = rp.rec.blocks();
-    let data_init = matches!(rp.rec, Rec::Insert { init: true, .. });
-    let undo_init = match &rp.rec {
-        Rec::Insert { note: Some(t), .. } | Rec::Change { target: t, .. } => t.link.is_some(),
-        _ => false,
-    };
     let want = [
-        (BLK_DATA, true, data_init),
-        (BLK_UNDO, has_undo, undo_init),
-        (BLK_TAIL, has_tail, false),
-        (BLK_META, has_meta, false),
+        (BLK_DATA, true),
+        (BLK_UNDO, has_undo),
+        (BLK_TAIL, has_tail),
+        (BLK_META, has_meta),
     ];
     let data_blk = rp.blkno[0].unwrap_or_else(|| pgrx::error!("torii redo: no data block"));
     let undo_blk = rp.blkno[1].unwrap_or(0);
     // Every page is locked before any is changed and released only after all are, so that a
     // standby reader never sees a row whose undo record is not there yet.
     let mut held: Vec<(u8, RedoBuffer, bool)> = Vec::with_capacity(4);
-    for (id, present, init) in want {
+    for (id, present) in want {
+        let init = walrec::formats(&rp.rec, id);
         if !present {
             continue;
         }
@@ -265,19 +261,7 @@ unsafe extern "C-unwind" fn torii_redo(record: *mut pg_sys::XLogReaderState) {
             continue;
         }
         let p = std::slice::from_raw_parts_mut(pg_sys::BufferGetPage(buf.0) as *mut u8, BLCKSZ);
-        let res = match *id {
-            BLK_DATA => walrec::apply_data(&rp.rec, undo_blk, p).map(|_| ()),
-            BLK_UNDO => walrec::apply_undo(&rp.rec, data_blk, p),
-            BLK_TAIL => {
-                walrec::apply_tail(undo_blk, p);
-                Ok(())
-            }
-            _ => {
-                walrec::apply_meta(&rp.rec, undo_blk, p);
-                Ok(())
-            }
-        };
-        if let Err(e) = res {
+        if let Err(e) = walrec::apply_block(&rp.rec, *id, data_blk, undo_blk, p) {
             pgrx::error!(
                 "torii redo of {} on block {}: {e}",
                 walrec::describe(&rp.rec),

@@ -134,10 +134,13 @@ struct RowPages<'a> {
 unsafe fn log_row_record(rel: pg_sys::Relation, rec: &Rec, pages: RowPages) -> Vec<u16> {
     let data_blk = pages.data.block();
     let undo_blk = pages.undo.map(|b| b.block()).unwrap_or(0);
-    let undo_init = undo_target_is_new(rec);
     let slots: [(u8, Option<&LockedBuffer>, bool); 4] = [
         (walrec::BLK_DATA, Some(pages.data), pages.data_init),
-        (walrec::BLK_UNDO, pages.undo, undo_init),
+        (
+            walrec::BLK_UNDO,
+            pages.undo,
+            walrec::formats(rec, walrec::BLK_UNDO),
+        ),
         (walrec::BLK_TAIL, pages.tail, false),
         (walrec::BLK_META, pages.meta, false),
     ];
@@ -156,16 +159,10 @@ unsafe fn log_row_record(rel: pg_sys::Relation, rec: &Rec, pages: RowPages) -> V
             .collect();
         let mut offs = Vec::new();
         for (id, i) in idx {
-            let img = e.page(i);
-            match id {
-                walrec::BLK_DATA => {
-                    offs = walrec::apply_data(rec, undo_blk, img).unwrap_or_else(|e| fail(e))
-                }
-                walrec::BLK_UNDO => {
-                    walrec::apply_undo(rec, data_blk, img).unwrap_or_else(|e| fail(e))
-                }
-                walrec::BLK_TAIL => walrec::apply_tail(undo_blk, img),
-                _ => walrec::apply_meta(rec, undo_blk, img),
+            let o = walrec::apply_block(rec, id, data_blk, undo_blk, e.page(i));
+            let o = o.unwrap_or_else(|e| fail(e));
+            if id == walrec::BLK_DATA {
+                offs = o;
             }
         }
         e.finish();
@@ -195,11 +192,9 @@ unsafe fn log_row_record(rel: pg_sys::Relation, rec: &Rec, pages: RowPages) -> V
     let main = rec.encode();
     let mut offs = Vec::new();
     let res = super::rmgr::apply_and_log(rel, rec.info(), &main, &blocks, |id, p| {
-        match id {
-            walrec::BLK_DATA => offs = walrec::apply_data(rec, undo_blk, p)?,
-            walrec::BLK_UNDO => walrec::apply_undo(rec, data_blk, p)?,
-            walrec::BLK_TAIL => walrec::apply_tail(undo_blk, p),
-            _ => walrec::apply_meta(rec, undo_blk, p),
+        let o = walrec::apply_block(rec, id, data_blk, undo_blk, p)?;
+        if id == walrec::BLK_DATA {
+            offs = o;
         }
         Ok::<(), walrec::RecError>(())
     });
@@ -210,14 +205,6 @@ unsafe fn log_row_record(rel: pg_sys::Relation, rec: &Rec, pages: RowPages) -> V
         super::pages::remember_written(rel, b.buf.buffer(), b.buf.block());
     }
     offs
-}
-
-/// True when the record's undo page is one it links in (and so formats).
-fn undo_target_is_new(rec: &Rec) -> bool {
-    match rec {
-        Rec::Insert { note: Some(t), .. } | Rec::Change { target: t, .. } => t.link.is_some(),
-        _ => false,
-    }
 }
 
 thread_local! {

@@ -668,6 +668,38 @@ pub fn check_undo(rec: &Rec, data_blk: u32, p: &[u8]) -> Result<(), RecError> {
     pageop::can_add(p, item.len(), None).map_err(RecError::Op)
 }
 
+/// Whether the record formats block `id` (`REGBUF_WILL_INIT`): a new data page, a new undo page.
+pub fn formats(rec: &Rec, id: u8) -> bool {
+    match id {
+        BLK_DATA => matches!(rec, Rec::Insert { init: true, .. }),
+        BLK_UNDO => target_of(rec).is_some_and(|t| t.link.is_some()),
+        _ => false,
+    }
+}
+
+/// Applies the record to block `id` of it (see "Blocks"): the one dispatch the primary (both
+/// WAL modes) and redo use. Returns the offsets of inserted rows (block 0).
+pub fn apply_block(
+    rec: &Rec,
+    id: u8,
+    data_blk: u32,
+    undo_blk: u32,
+    p: &mut [u8],
+) -> Result<Vec<u16>, RecError> {
+    match id {
+        BLK_DATA => apply_data(rec, undo_blk, p),
+        BLK_UNDO => apply_undo(rec, data_blk, p).map(|_| Vec::new()),
+        BLK_TAIL => {
+            apply_tail(undo_blk, p);
+            Ok(Vec::new())
+        }
+        _ => {
+            apply_meta(rec, undo_blk, p);
+            Ok(Vec::new())
+        }
+    }
+}
+
 /// Applies the record to the old undo tail (block 2): it now points at the new page.
 pub fn apply_tail(new_undo_blk: u32, p: &mut [u8]) {
     page::set_next(p, new_undo_blk);
@@ -793,16 +825,12 @@ mod tests {
     fn redo(rec: &Rec, blk: u32, undo_blk: u32, pages: &mut [Vec<u8>; 4]) -> Vec<u16> {
         let bytes = rec.encode();
         let d = Rec::decode(rec.info(), &bytes).unwrap();
-        let offs = apply_data(&d, undo_blk, &mut pages[0]).unwrap();
+        let offs = apply_block(&d, BLK_DATA, blk, undo_blk, &mut pages[0]).unwrap();
         let (u, t, m) = d.blocks();
-        if u {
-            apply_undo(&d, blk, &mut pages[1]).unwrap();
-        }
-        if t {
-            apply_tail(undo_blk, &mut pages[2]);
-        }
-        if m {
-            apply_meta(&d, undo_blk, &mut pages[3]);
+        for (id, present) in [(BLK_UNDO, u), (BLK_TAIL, t), (BLK_META, m)] {
+            if present {
+                apply_block(&d, id, blk, undo_blk, &mut pages[id as usize]).unwrap();
+            }
         }
         offs
     }
