@@ -19,6 +19,7 @@ pub mod am;
 pub mod btree;
 mod hints;
 pub mod pg_extra;
+pub mod progress;
 pub mod sql_api;
 pub mod storage;
 
@@ -29,6 +30,7 @@ pub extern "C-unwind" fn _PG_init() {
     storage::rmgr::register();
     hints::init();
     am::vacuum::init_gucs();
+    progress::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

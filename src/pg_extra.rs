@@ -24,6 +24,8 @@ unsafe extern "C-unwind" {
         slicelength: i32,
         result: *mut pg_sys::varlena,
     );
+    /// postmaster/autovacuum.h
+    pub fn IsAutoVacuumWorkerProcess() -> bool;
     /// catalog/storage_xlog.h
     pub fn log_smgrcreate(rnode: *const pg_sys::RelFileNode, fork: pg_sys::ForkNumber::Type);
     /// storage/predicate.h

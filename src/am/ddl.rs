@@ -2,6 +2,7 @@
 //! VACUUM, sizes and planner estimates, TOAST.
 
 use super::visibility::{Snap, Version, BUILD};
+use crate::progress;
 use crate::storage::{pages, wal};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -158,7 +159,21 @@ pub unsafe extern "C-unwind" fn relation_copy_for_cluster(
     *tups_recently_dead = 0.0;
     // PostgreSQL records *xid_cutoff as the new file's relfrozenxid.
     let freeze_below = super::visibility::full_xid(*xid_cutoff);
+    // pg_stat_progress_cluster, as heap's copy reports it (CLUSTER started the command).
+    let scanned = std::cell::Cell::new(0i64);
+    let count = |num_tuples: *mut f64| {
+        scanned.set(scanned.get() + 1);
+        progress::set_param(pg_sys::PROGRESS_CLUSTER_HEAP_TUPLES_SCANNED, scanned.get());
+        progress::set_param(
+            pg_sys::PROGRESS_CLUSTER_HEAP_TUPLES_WRITTEN,
+            *num_tuples as i64,
+        );
+    };
     if !old_index.is_null() {
+        progress::set_param(
+            pg_sys::PROGRESS_CLUSTER_PHASE,
+            pg_sys::PROGRESS_CLUSTER_PHASE_INDEX_SCAN_HEAP as i64,
+        );
         let slot = pg_sys::table_slot_create(old, std::ptr::null_mut());
         let iscan = pg_sys::index_beginscan(old, old_index, &raw mut pg_sys::SnapshotAnyData, 0, 0);
         pg_sys::index_rescan(iscan, std::ptr::null_mut(), 0, std::ptr::null_mut(), 0);
@@ -177,6 +192,11 @@ pub unsafe extern "C-unwind" fn relation_copy_for_cluster(
                     num_tuples,
                     tups_vacuumed,
                 );
+                count(num_tuples);
+            }
+            // About a page of rows: pace and allow cancel as the sequential path does.
+            if scanned.get() % 64 == 0 {
+                progress::page_done();
             }
         }
         pg_sys::index_endscan(iscan);
@@ -184,10 +204,16 @@ pub unsafe extern "C-unwind" fn relation_copy_for_cluster(
         return;
     }
     let nblocks = pages::nblocks(old);
+    progress::set_param(
+        pg_sys::PROGRESS_CLUSTER_PHASE,
+        pg_sys::PROGRESS_CLUSTER_PHASE_SEQ_SCAN_HEAP as i64,
+    );
+    progress::set_param(pg_sys::PROGRESS_CLUSTER_TOTAL_HEAP_BLKS, nblocks as i64);
     let mut copy = vec![0u8; page::BLCKSZ];
     let build = Snap::of_kind(BUILD);
     for blk in 1..nblocks {
-        pgrx::check_for_interrupts!();
+        progress::set_param(pg_sys::PROGRESS_CLUSTER_HEAP_BLKS_SCANNED, blk as i64);
+        progress::page_done();
         if pages::copy_page(old, blk, std::ptr::null_mut(), &mut copy) != Some(PageKind::Data) {
             continue;
         }
@@ -206,8 +232,10 @@ pub unsafe extern "C-unwind" fn relation_copy_for_cluster(
                 num_tuples,
                 tups_vacuumed,
             );
+            count(num_tuples);
         }
     }
+    progress::set_param(pg_sys::PROGRESS_CLUSTER_HEAP_BLKS_SCANNED, nblocks as i64);
 }
 
 #[pg_guard]

@@ -16,8 +16,9 @@
 //! data pages (except those with dead rows to clean).
 
 use super::visibility::{writer_status, WriterStatus};
+use crate::progress;
 use crate::storage::buffer::{Lock, LockedBuffer};
-use crate::storage::{pages, tid, wal};
+use crate::storage::{pages, wal};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use torii_core::meta::Meta;
@@ -39,6 +40,12 @@ pub struct VacuumStats {
     pub horizon_after: i64,
     /// Every index got its bulk delete and `amvacuumcleanup` already.
     pub indexes_cleaned: bool,
+    /// Bulk deletes of the indexes (0 or 1).
+    pub index_scans: i64,
+    /// The data-page pass, when it marked pages all-visible.
+    pub pass: Option<crate::storage::vm::MarkPass>,
+    /// Pages marked all-visible once their dead pointers were freed.
+    pub pages_marked_after_cleaning: u32,
 }
 
 /// The oldest xid any snapshot may still need, as a full xid.
@@ -301,7 +308,7 @@ unsafe fn discard_pages(rel: pg_sys::Relation, st: &mut VacuumStats) {
     let mut dead_added = 0u64;
     let mut copy = vec![0u8; page::BLCKSZ];
     'pages: loop {
-        pgrx::check_for_interrupts!();
+        progress::page_done();
         let head = read_meta(rel).undo_head;
         if head == NO_BLOCK {
             break;
@@ -427,6 +434,7 @@ unsafe fn advance_horizon(rel: pg_sys::Relation, st: &mut VacuumStats) {
     let mut seen = 0;
     while blk != NO_BLOCK && seen < 1_000_000 {
         seen += 1;
+        progress::page_done();
         if pages::copy_page(rel, blk, std::ptr::null_mut(), &mut copy) != Some(PageKind::Undo) {
             break;
         }
@@ -460,30 +468,28 @@ pub unsafe fn horizon(rel: pg_sys::Relation) -> u64 {
     read_meta(rel).horizon
 }
 
-/// Removes index entries of dead line pointers, then frees the pointers.
+/// Removes the index entries of the dead line pointers `dead` (sorted, as
+/// [`vm::scan_data_pages`] collects them), then frees the pointers, and with `mark` marks the
+/// pages that became all-visible. `counted` dead pointers of the metapage are settled (those
+/// discard added meanwhile stay counted for the next VACUUM: the scan may have passed their
+/// pages).
+#[allow(clippy::too_many_arguments)]
 unsafe fn clean_dead_pointers(
     rel: pg_sys::Relation,
     bstrategy: pg_sys::BufferAccessStrategy,
+    dead: Vec<i64>,
+    counted: u64,
+    mark: Option<u64>,
+    cmd: &progress::Command,
     st: &mut VacuumStats,
 ) {
-    let nblocks = pages::nblocks(rel);
-    // Dead pointers counted before the scan; those discard adds meanwhile stay counted for
-    // the next VACUUM (the scan may have passed their pages).
-    let counted = read_meta(rel).pending_dead;
-    let mut dead: Vec<i64> = Vec::new();
-    let mut copy = vec![0u8; page::BLCKSZ];
-    for blk in 1..nblocks {
-        pgrx::check_for_interrupts!();
-        if pages::copy_page(rel, blk, bstrategy, &mut copy) != Some(PageKind::Data) {
-            continue;
-        }
-        for off in 1..=page::line_pointer_count(&copy) {
-            if page::line_pointer(&copy, off).flags == LP_DEAD {
-                dead.push(((blk as i64) << 16) | off as i64);
-            }
-        }
-    }
+    cmd.set(pg_sys::PROGRESS_VACUUM_MAX_DEAD_TUPLES, dead.len() as i64);
+    cmd.set(pg_sys::PROGRESS_VACUUM_NUM_DEAD_TUPLES, dead.len() as i64);
     if !dead.is_empty() {
+        cmd.set(
+            pg_sys::PROGRESS_VACUUM_PHASE,
+            pg_sys::PROGRESS_VACUUM_PHASE_VACUUM_INDEX as i64,
+        );
         let mut nindexes = 0;
         let mut irel: *mut pg_sys::Relation = std::ptr::null_mut();
         pg_sys::vac_open_indexes(
@@ -498,7 +504,7 @@ unsafe fn clean_dead_pointers(
                 &mut info,
                 std::ptr::null_mut(),
                 Some(dead_tid_callback),
-                &mut dead as *mut Vec<i64> as *mut std::ffi::c_void,
+                &dead as *const Vec<i64> as *mut std::ffi::c_void,
             );
             let stats = pg_sys::index_vacuum_cleanup(&mut info, stats);
             if !stats.is_null() {
@@ -507,29 +513,45 @@ unsafe fn clean_dead_pointers(
         }
         pg_sys::vac_close_indexes(nindexes, irel, pg_sys::NoLock as i32);
         st.indexes_cleaned = true;
+        if nindexes > 0 {
+            st.index_scans += 1;
+        }
+        cmd.set(pg_sys::PROGRESS_VACUUM_NUM_INDEX_VACUUMS, st.index_scans);
+        cmd.set(
+            pg_sys::PROGRESS_VACUUM_PHASE,
+            pg_sys::PROGRESS_VACUUM_PHASE_VACUUM_HEAP as i64,
+        );
         // Index entries are gone: the pointers can be reused.
-        let mut i = 0;
-        while i < dead.len() {
-            let blk = (dead[i] >> 16) as u32;
-            let mut offs = vec![];
-            while i < dead.len() && (dead[i] >> 16) as u32 == blk {
-                offs.push((dead[i] & 0xffff) as usize);
-                i += 1;
-            }
-            let b = LockedBuffer::read(rel, blk, Lock::Exclusive, bstrategy);
-            wal::edit_page(rel, &b, |img| {
-                for &o in &offs {
-                    let mut lp = page::line_pointer(img, o);
-                    if lp.flags == LP_DEAD {
-                        lp.flags = LP_UNUSED;
-                        page::set_line_pointer(img, o, lp);
+        let mut pin = crate::storage::vm::MapPin::new();
+        let mut vacuumed = 0i64;
+        for group in dead.chunk_by(|a, b| a >> 16 == b >> 16) {
+            let blk = (group[0] >> 16) as u32;
+            {
+                let b = LockedBuffer::read(rel, blk, Lock::Exclusive, bstrategy);
+                wal::edit_page(rel, &b, |img| {
+                    for &t in group {
+                        let o = (t & 0xffff) as usize;
+                        let mut lp = page::line_pointer(img, o);
+                        if lp.flags == LP_DEAD {
+                            lp.flags = LP_UNUSED;
+                            page::set_line_pointer(img, o, lp);
+                        }
                     }
+                    // Lets PageAddItem reuse the unused pointers.
+                    repair_fragmentation(img);
+                });
+                pages::record_free(rel, blk, b.page());
+            }
+            st.dead_pointers_freed += group.len() as i64;
+            // The page's dead pointers kept it from being marked in the scan.
+            if let Some(oldest) = mark {
+                if crate::storage::vm::mark_if_all_visible(rel, blk, oldest, bstrategy, &mut pin) {
+                    st.pages_marked_after_cleaning += 1;
                 }
-                // Lets PageAddItem reuse the unused pointers.
-                repair_fragmentation(img);
-            });
-            pages::record_free(rel, blk, b.page());
-            st.dead_pointers_freed += offs.len() as i64;
+            }
+            vacuumed += 1;
+            cmd.set(pg_sys::PROGRESS_VACUUM_HEAP_BLKS_VACUUMED, vacuumed);
+            progress::page_done();
         }
     }
     let (mb, _) = pages::read_verified(rel, 0, Lock::Exclusive, std::ptr::null_mut());
@@ -551,18 +573,53 @@ unsafe extern "C-unwind" fn dead_tid_callback(
     dead.binary_search(&(((b as i64) << 16) | o as i64)).is_ok()
 }
 
-/// Discard, clean dead pointers when there are any, and report the horizon as relfrozenxid.
+/// Discards undo, then, in one pass over the data pages, marks all-visible pages (with
+/// `mark_visible`) and collects dead pointers (when the metapage counts any), whose index
+/// entries and storage are then freed: heap's phases, reported in `pg_stat_progress_vacuum`
+/// through `cmd` (see docs/operations.md for what each column means for torii).
 ///
 /// # Safety
 /// `rel` must be an open torii table locked by VACUUM (ShareUpdateExclusiveLock).
 pub unsafe fn vacuum(
     rel: pg_sys::Relation,
     bstrategy: pg_sys::BufferAccessStrategy,
+    mark_visible: bool,
+    cmd: &progress::Command,
 ) -> VacuumStats {
     let mut st = VacuumStats::default();
+    cmd.set(
+        pg_sys::PROGRESS_VACUUM_PHASE,
+        pg_sys::PROGRESS_VACUUM_PHASE_SCAN_HEAP as i64,
+    );
+    cmd.set(
+        pg_sys::PROGRESS_VACUUM_TOTAL_HEAP_BLKS,
+        pages::nblocks(rel) as i64,
+    );
     discard(rel, &mut st);
-    if pages::nblocks(rel) > 0 && read_meta(rel).pending_dead > 0 {
-        clean_dead_pointers(rel, bstrategy, &mut st);
+    if pages::nblocks(rel) == 0 {
+        return st;
+    }
+    let counted = read_meta(rel).pending_dead;
+    if !mark_visible && counted == 0 {
+        return st;
+    }
+    let oldest = oldest_needed(rel);
+    let mut dead = Vec::new();
+    let pass = crate::storage::vm::scan_data_pages(
+        rel,
+        oldest,
+        bstrategy,
+        mark_visible,
+        (counted > 0).then_some(&mut dead),
+        |blk| {
+            cmd.set(pg_sys::PROGRESS_VACUUM_HEAP_BLKS_SCANNED, blk as i64 + 1);
+            progress::page_done();
+        },
+    );
+    st.pass = mark_visible.then_some(pass);
+    if counted > 0 {
+        let mark = mark_visible.then_some(oldest);
+        clean_dead_pointers(rel, bstrategy, dead, counted, mark, cmd, &mut st);
     }
     st
 }
@@ -745,29 +802,42 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
             crate::storage::rel_name(rel)
         );
     }
-    let st = vacuum(rel, bstrategy);
+    let report = VacuumReport::begin(rel, &*params);
+    let cmd = progress::Command::start(
+        pg_sys::ProgressCommandType::PROGRESS_COMMAND_VACUUM,
+        (*rel).rd_id,
+    );
+    let blocks_before = pages::nblocks(rel);
+    // The visibility map, for index-only scans. An anti-wraparound VACUUM only advances
+    // relfrozenxid, which needs no data page: it leaves the map to the next ordinary VACUUM.
+    let st = vacuum(rel, bstrategy, !(*params).is_wraparound, &cmd);
     // After a bulk delete the indexes had their cleanup; a second one would rescan them.
     if (*params).index_cleanup != pg_sys::VacOptValue::VACOPTVALUE_DISABLED && !st.indexes_cleaned {
+        cmd.set(
+            pg_sys::PROGRESS_VACUUM_PHASE,
+            pg_sys::PROGRESS_VACUUM_PHASE_INDEX_CLEANUP as i64,
+        );
         cleanup_indexes(rel, bstrategy);
     }
     if (*params).truncate != pg_sys::VacOptValue::VACOPTVALUE_DISABLED {
+        cmd.set(
+            pg_sys::PROGRESS_VACUUM_PHASE,
+            pg_sys::PROGRESS_VACUUM_PHASE_TRUNCATE as i64,
+        );
         truncate_tail(rel);
     }
-    // The visibility map, for index-only scans. An anti-wraparound VACUUM only advances
-    // relfrozenxid, which needs no data page: it leaves the map to the next ordinary VACUUM.
+    cmd.set(
+        pg_sys::PROGRESS_VACUUM_PHASE,
+        pg_sys::PROGRESS_VACUUM_PHASE_FINAL_CLEANUP as i64,
+    );
     let nblocks = pages::nblocks(rel);
     // VACUUM counts no rows: keep ANALYZE's estimate (-1 would make it unknown again) unless
-    // the visibility pass below counts them.
-    let mut reltuples = (*(*rel).rd_rel).reltuples as f64;
-    if !(*params).is_wraparound && nblocks > 0 {
-        let pass = crate::storage::vm::mark_all_visible(rel, oldest_needed(rel), bstrategy);
-        reltuples = estimate_rows(reltuples, pass);
-        debug1!(
-            "torii: \"{}\": {:?}, reltuples {reltuples}",
-            crate::storage::rel_name(rel),
-            pass
-        );
-    }
+    // the visibility pass counted them.
+    let old_reltuples = (*(*rel).rd_rel).reltuples as f64;
+    let reltuples = match st.pass {
+        Some(pass) => estimate_rows(old_reltuples, pass),
+        None => old_reltuples,
+    };
     let all_visible = if nblocks > 0 {
         crate::storage::vm::count_all_visible(rel)
     } else {
@@ -788,6 +858,7 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
     } else {
         pg_sys::TransactionId::from_inner(h as u32)
     };
+    let old_frozen = (*(*rel).rd_rel).relfrozenxid;
     pg_sys::vac_update_relstats(
         rel,
         nblocks,
@@ -801,10 +872,167 @@ pub unsafe extern "C-unwind" fn relation_vacuum(
         false,
     );
     report_vacuum_stats(rel, reltuples);
-    let _ = tid;
-    debug1!(
-        "torii: vacuum of \"{}\": {:?}",
-        crate::storage::rel_name(rel),
-        st
+    drop(cmd);
+    report.finish(
+        rel,
+        &st,
+        VacuumOutcome {
+            blocks_before,
+            blocks_after: nblocks,
+            reltuples,
+            old_frozen,
+            new_frozen: (*(*rel).rd_rel).relfrozenxid,
+        },
     );
+}
+
+/// Figures of a finished VACUUM for its report beside [`VacuumStats`].
+struct VacuumOutcome {
+    blocks_before: u32,
+    blocks_after: u32,
+    reltuples: f64,
+    old_frozen: pg_sys::TransactionId,
+    new_frozen: pg_sys::TransactionId,
+}
+
+/// The lines VACUUM (VERBOSE) and autovacuum's `log_autovacuum_min_duration` write, as heap's:
+/// started before the work, written after it.
+struct VacuumReport {
+    /// Where the final report goes (INFO for VERBOSE, LOG for autovacuum), if anywhere.
+    level: Option<PgLogLevel>,
+    autovacuum: bool,
+    wraparound: bool,
+    min_duration_ms: i32,
+    started: std::time::Instant,
+    buffers: pg_sys::BufferUsage,
+    wal: pg_sys::WalUsage,
+}
+
+impl VacuumReport {
+    /// # Safety
+    /// `rel` must be open.
+    unsafe fn begin(rel: pg_sys::Relation, params: &pg_sys::VacuumParams) -> VacuumReport {
+        let verbose = params.options & pg_sys::VACOPT_VERBOSE != 0;
+        let autovacuum = crate::pg_extra::IsAutoVacuumWorkerProcess();
+        let level = if verbose {
+            Some(PgLogLevel::INFO)
+        } else if autovacuum && params.log_min_duration >= 0 {
+            Some(PgLogLevel::LOG)
+        } else {
+            None
+        };
+        if verbose {
+            info!("vacuuming \"{}\"", qualified_name(rel));
+        }
+        VacuumReport {
+            level,
+            autovacuum,
+            wraparound: params.is_wraparound,
+            min_duration_ms: params.log_min_duration,
+            started: std::time::Instant::now(),
+            buffers: pg_sys::pgBufferUsage,
+            wal: pg_sys::pgWalUsage,
+        }
+    }
+
+    /// # Safety
+    /// `rel` must be open.
+    unsafe fn finish(&self, rel: pg_sys::Relation, st: &VacuumStats, out: VacuumOutcome) {
+        let Some(level) = self.level else { return };
+        let elapsed = self.started.elapsed();
+        if self.autovacuum
+            && level == PgLogLevel::LOG
+            && elapsed.as_millis() < self.min_duration_ms as u128
+        {
+            return;
+        }
+        let (b0, b1) = (&self.buffers, &{ pg_sys::pgBufferUsage });
+        let (w0, w1) = (&self.wal, &{ pg_sys::pgWalUsage });
+        let what = match (self.autovacuum, self.wraparound) {
+            (true, true) => "automatic aggressive vacuum to prevent wraparound of table",
+            (true, false) => "automatic vacuum of table",
+            (false, _) => "finished vacuuming",
+        };
+        let scanned = st.pass.map_or(0, |p| p.data_read);
+        let pct = if out.blocks_before > 0 {
+            100.0 * scanned as f64 / out.blocks_before as f64
+        } else {
+            100.0
+        };
+        let marked = st.pass.map_or(0, |p| p.marked) + st.pages_marked_after_cleaning;
+        let secs = elapsed.as_secs_f64();
+        let mb = |blocks: i64| blocks as f64 * page::BLCKSZ as f64 / (1024.0 * 1024.0);
+        let read =
+            b1.shared_blks_read - b0.shared_blks_read + b1.local_blks_read - b0.local_blks_read;
+        let dirtied = b1.shared_blks_dirtied - b0.shared_blks_dirtied + b1.local_blks_dirtied
+            - b0.local_blks_dirtied;
+        let rate = |x: i64| if secs > 0.0 { mb(x) / secs } else { 0.0 };
+        let mut msg = format!(
+            "{what} \"{}\": index scans: {}\n\
+             pages: {} removed, {} remain, {} data pages scanned ({:.2}% of total), {} newly all-visible\n\
+             tuples: {} removed, {} remain, {} rolled back\n\
+             undo: {} records discarded ({} bytes), {} pages freed\n\
+             dead pointers freed: {}\n\
+             resolved horizon: {} (was {})\n",
+            qualified_name(rel),
+            st.index_scans,
+            out.blocks_before.saturating_sub(out.blocks_after),
+            out.blocks_after,
+            scanned,
+            pct,
+            marked,
+            st.rows_reclaimed,
+            out.reltuples.max(0.0) as i64,
+            st.rows_rolled_back,
+            st.undo_records_discarded,
+            st.undo_bytes_discarded,
+            st.undo_pages_freed,
+            st.dead_pointers_freed,
+            st.horizon_after,
+            st.horizon_before,
+        );
+        if out.new_frozen != out.old_frozen && out.new_frozen != pg_sys::InvalidTransactionId {
+            let ahead = u32::from(out.new_frozen).wrapping_sub(u32::from(out.old_frozen)) as i32;
+            msg += &format!(
+                "new relfrozenxid: {}, which is {ahead} XIDs ahead of previous value\n",
+                u32::from(out.new_frozen)
+            );
+        }
+        msg += &format!(
+            "avg read rate: {:.3} MB/s, avg write rate: {:.3} MB/s\n\
+             buffer usage: {} hits, {} misses, {} dirtied\n\
+             WAL usage: {} records, {} full page images, {} bytes\n\
+             elapsed: {:.3} s",
+            rate(read),
+            rate(dirtied),
+            b1.shared_blks_hit - b0.shared_blks_hit + b1.local_blks_hit - b0.local_blks_hit,
+            read,
+            dirtied,
+            w1.wal_records - w0.wal_records,
+            w1.wal_fpi - w0.wal_fpi,
+            w1.wal_bytes - w0.wal_bytes,
+            secs,
+        );
+        ereport!(level, PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, msg);
+    }
+}
+
+/// `database.schema.table`, as heap's VACUUM names a table in its reports.
+///
+/// # Safety
+/// `rel` must be open.
+unsafe fn qualified_name(rel: pg_sys::Relation) -> String {
+    let cstr = |p: *const std::ffi::c_char| {
+        if p.is_null() {
+            String::from("?")
+        } else {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    };
+    format!(
+        "{}.{}.{}",
+        cstr(pg_sys::get_database_name(pg_sys::MyDatabaseId)),
+        cstr(pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace)),
+        crate::storage::rel_name(rel)
+    )
 }

@@ -44,7 +44,11 @@ pub unsafe fn check(index: pg_sys::Relation, heapallindexed: bool) -> Problems {
     // 1. Every page on its own.
     let mut good = Pages(HashMap::new());
     let mut meta = None;
+    let task =
+        crate::progress::Task::start(crate::progress::TaskKind::Verify, (*index).rd_id, n as u64);
     for blk in 0..n {
+        task.advance(blk as u64);
+        crate::progress::page_done();
         let b = LockedBuffer::read(index, blk, Lock::Share, std::ptr::null_mut());
         let p = b.page();
         if cpage::is_new(p) {

@@ -94,7 +94,12 @@ fn torii_vacuum(
         }
     }
     // SAFETY: the table is open with VACUUM's lock.
-    let st = unsafe { vacuum::vacuum(r.as_ptr(), std::ptr::null_mut()) };
+    // Reported in pg_stat_progress_vacuum, as VACUUM (it does VACUUM's first phases).
+    let cmd = crate::progress::Command::start(
+        pg_sys::ProgressCommandType::PROGRESS_COMMAND_VACUUM,
+        r.oid(),
+    );
+    let st = unsafe { vacuum::vacuum(r.as_ptr(), std::ptr::null_mut(), false, &cmd) };
     TableIterator::once((
         st.undo_records_discarded,
         st.undo_bytes_discarded,

@@ -1,6 +1,7 @@
 //! SQL-facing functions in schema `torii`.
 
 pub mod maintenance;
+pub mod progress;
 pub mod verify;
 
 // Everyone may use what schema torii offers: the maintenance functions check privileges on

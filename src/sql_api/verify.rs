@@ -1,5 +1,6 @@
 //! `torii.verify(regclass)`: one row per damaged or malformed page, none for a clean table.
 
+use crate::progress;
 use crate::storage::buffer::{Lock, LockedBuffer};
 use crate::storage::pages;
 use pgrx::pg_sys;
@@ -194,13 +195,17 @@ fn verify(rel: PgRelation) -> TableIterator<'static, (name!(blkno, i64), name!(p
     let mut out = vec![];
     // SAFETY: raw is the relation `rel` holds open.
     let n = unsafe { pages::nblocks(raw) };
+    let task = progress::Task::start(progress::TaskKind::Verify, rel.oid(), n as u64);
     for blk in 0..n {
-        pgrx::check_for_interrupts!();
-        // SAFETY: blk is inside the relation; the guard releases pin and lock.
-        let b = unsafe { LockedBuffer::read(raw, blk, Lock::Share, std::ptr::null_mut()) };
-        for problem in check_page(blk, b.page()) {
-            out.push((blk as i64, problem));
+        {
+            // SAFETY: blk is inside the relation; the guard releases pin and lock.
+            let b = unsafe { LockedBuffer::read(raw, blk, Lock::Share, std::ptr::null_mut()) };
+            for problem in check_page(blk, b.page()) {
+                out.push((blk as i64, problem));
+            }
         }
+        task.advance(blk as u64 + 1);
+        progress::page_done();
     }
     check_undo_chain(raw, n, &mut out);
     TableIterator::new(out)

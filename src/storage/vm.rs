@@ -146,7 +146,7 @@ pub unsafe fn census(p: &[u8], oldest: u64) -> PageCensus {
     c
 }
 
-/// What [`mark_all_visible`] did.
+/// What [`scan_data_pages`] did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MarkPass {
     /// Pages newly marked all-visible.
@@ -155,34 +155,54 @@ pub struct MarkPass {
     pub data_read: u32,
     /// Pages skipped because they were marked already (all are data pages).
     pub skipped: u32,
-    /// Live rows on the data pages read ([`PageCensus::live`]).
+    /// Live rows on the data pages read ([`PageCensus::live`]; 0 when not marking).
     pub live: u64,
 }
 
-/// VACUUM: marks data pages whose rows every snapshot sees all-visible, and counts the live
-/// rows of the pages it reads (for VACUUM's row count). Pages already marked are skipped
-/// without being read when they form a long enough run ([`vm::skippable`]).
+/// The map page pinned by the `visibilitymap_*` calls, kept across blocks; released on drop
+/// (also after an ERROR).
+pub struct MapPin(pg_sys::Buffer);
+
+impl MapPin {
+    pub fn new() -> MapPin {
+        MapPin(pg_sys::InvalidBuffer as pg_sys::Buffer)
+    }
+}
+
+impl Default for MapPin {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for MapPin {
+    fn drop(&mut self) {
+        if self.0 != pg_sys::InvalidBuffer as pg_sys::Buffer {
+            // SAFETY: a buffer pinned by visibilitymap_get_status/pin, pinned once.
+            unsafe { pg_sys::ReleaseBuffer(self.0) }
+        }
+    }
+}
+
+/// VACUUM's one pass over the data pages, as heap's first phase: with `mark`, marks the pages
+/// whose rows every snapshot sees all-visible and counts the live rows of the pages it reads
+/// (for VACUUM's row count); with `dead`, collects the dead line pointers (as
+/// `blk << 16 | offset`, sorted). Pages already marked are skipped without being read when they
+/// form a long enough run ([`vm::skippable`]): a marked page has no dead pointers, its first
+/// change clears the mark. `on_block` is told each block done (read or skipped).
 ///
 /// # Safety
 /// `rel` must be an open torii table locked by VACUUM.
-pub unsafe fn mark_all_visible(
+pub unsafe fn scan_data_pages(
     rel: pg_sys::Relation,
     oldest: u64,
     strategy: pg_sys::BufferAccessStrategy,
+    mark: bool,
+    mut dead: Option<&mut Vec<i64>>,
+    mut on_block: impl FnMut(u32),
 ) -> MarkPass {
     let nblocks = super::pages::nblocks(rel);
-    // The map page pinned by the visibilitymap_* calls, kept across blocks; released on drop
-    // (also after an ERROR).
-    struct MapPin(pg_sys::Buffer);
-    impl Drop for MapPin {
-        fn drop(&mut self) {
-            if self.0 != pg_sys::InvalidBuffer as pg_sys::Buffer {
-                // SAFETY: a buffer pinned by visibilitymap_get_status/pin, pinned once.
-                unsafe { pg_sys::ReleaseBuffer(self.0) }
-            }
-        }
-    }
-    let mut pin = MapPin(pg_sys::InvalidBuffer as pg_sys::Buffer);
+    let mut pin = MapPin::new();
     let mut copy = vec![0u8; page::BLCKSZ];
     let marked_now: Vec<bool> = (0..nblocks)
         .map(|blk| {
@@ -194,43 +214,72 @@ pub unsafe fn mark_all_visible(
     let skip = vm::skippable(&marked_now);
     let mut pass = MarkPass::default();
     for blk in 1..nblocks {
-        pgrx::check_for_interrupts!();
-        if skip[blk as usize] {
-            pass.skipped += 1;
-            continue;
-        }
-        if super::pages::copy_page(rel, blk, strategy, &mut copy) != Some(PageKind::Data) {
-            continue;
-        }
-        pass.data_read += 1;
-        let c = census(&copy, oldest);
-        pass.live += c.live;
-        if marked_now[blk as usize] || !c.all_visible {
-            continue;
-        }
-        // Pin (and extend) the map before locking the data page, as heap does.
-        pg_sys::visibilitymap_pin(rel, blk, &mut pin.0);
-        let b = LockedBuffer::read(rel, blk, Lock::Exclusive, strategy);
-        if page::kind(b.page()) != Some(PageKind::Data)
-            || vm::page_all_visible(b.page())
-            || !census(b.page(), oldest).all_visible
-        {
-            continue;
-        }
-        let vmbuf = pin.0;
-        pg_sys::LockBuffer(vmbuf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
-        struct Unlock(pg_sys::Buffer);
-        impl Drop for Unlock {
-            fn drop(&mut self) {
-                // SAFETY: locked just above.
-                unsafe { pg_sys::LockBuffer(self.0, pg_sys::BUFFER_LOCK_UNLOCK as i32) }
+        'block: {
+            if skip[blk as usize] {
+                pass.skipped += 1;
+                break 'block;
+            }
+            if super::pages::copy_page(rel, blk, strategy, &mut copy) != Some(PageKind::Data) {
+                break 'block;
+            }
+            pass.data_read += 1;
+            if let Some(dead) = dead.as_deref_mut() {
+                for off in 1..=page::line_pointer_count(&copy) {
+                    if page::line_pointer(&copy, off).flags == page::LP_DEAD {
+                        dead.push(((blk as i64) << 16) | off as i64);
+                    }
+                }
+            }
+            if !mark {
+                break 'block;
+            }
+            let c = census(&copy, oldest);
+            pass.live += c.live;
+            if !marked_now[blk as usize]
+                && c.all_visible
+                && mark_if_all_visible(rel, blk, oldest, strategy, &mut pin)
+            {
+                pass.marked += 1;
             }
         }
-        let _unlock = Unlock(vmbuf);
-        log_change(rel, &b, Some(vmbuf), vm::location(blk), true);
-        pass.marked += 1;
+        on_block(blk);
     }
     pass
+}
+
+/// Marks data page `blk` all-visible if, checked again under its exclusive lock, every
+/// snapshot sees all its rows; true if it did.
+///
+/// # Safety
+/// `rel` must be an open torii table locked by VACUUM; the caller holds no buffer lock.
+pub unsafe fn mark_if_all_visible(
+    rel: pg_sys::Relation,
+    blk: u32,
+    oldest: u64,
+    strategy: pg_sys::BufferAccessStrategy,
+    pin: &mut MapPin,
+) -> bool {
+    // Pin (and extend) the map before locking the data page, as heap does.
+    pg_sys::visibilitymap_pin(rel, blk, &mut pin.0);
+    let b = LockedBuffer::read(rel, blk, Lock::Exclusive, strategy);
+    if page::kind(b.page()) != Some(PageKind::Data)
+        || vm::page_all_visible(b.page())
+        || !census(b.page(), oldest).all_visible
+    {
+        return false;
+    }
+    let vmbuf = pin.0;
+    pg_sys::LockBuffer(vmbuf, pg_sys::BUFFER_LOCK_EXCLUSIVE as i32);
+    struct Unlock(pg_sys::Buffer);
+    impl Drop for Unlock {
+        fn drop(&mut self) {
+            // SAFETY: locked just above.
+            unsafe { pg_sys::LockBuffer(self.0, pg_sys::BUFFER_LOCK_UNLOCK as i32) }
+        }
+    }
+    let _unlock = Unlock(vmbuf);
+    log_change(rel, &b, Some(vmbuf), vm::location(blk), true);
+    true
 }
 
 /// Pages the map says are all-visible (for `relallvisible`).
