@@ -150,6 +150,38 @@ fn vacuum_fills_pg_stat_progress_vacuum() -> Result<()> {
     let left: i64 = sql::scalar(&mut cl, "SELECT count(*) FROM pg_stat_progress_vacuum")?;
     assert_eq!(left, 0, "the progress row outlived the VACUUM");
     assert_verify_clean(&mut cl, "t")?;
+    // torii.vacuum() reports in the same view: its undo discard and dead pointers.
+    cl.batch_execute("DELETE FROM t WHERE id % 3 = 1")?;
+    let (_, h) = run_in_background(
+        &c,
+        &[
+            "SET torii.debug_page_delay = 3",
+            "SELECT * FROM torii.vacuum('t')",
+        ],
+    )?;
+    let rows = sample_while(
+        &mut cl,
+        &format!(
+            "SELECT phase, heap_blks_vacuumed FROM pg_stat_progress_vacuum WHERE relid = {relid}"
+        ),
+        &h,
+    )?;
+    assert_eq!(h.join().unwrap(), None, "torii.vacuum failed");
+    let vacuumed = col(
+        &rows
+            .iter()
+            .filter(|r| r[0] == "vacuuming heap")
+            .cloned()
+            .collect::<Vec<_>>(),
+        1,
+    );
+    assert!(
+        rows.iter().any(|r| r[0] == "scanning heap") && vacuumed.iter().any(|&v| v > 0),
+        "torii.vacuum not reported: {rows:?}"
+    );
+    let left: i64 = sql::scalar(&mut cl, "SELECT count(*) FROM pg_stat_progress_vacuum")?;
+    assert_eq!(left, 0, "the progress row outlived torii.vacuum");
+    assert_verify_clean(&mut cl, "t")?;
     c.assert_no_crash()
 }
 
