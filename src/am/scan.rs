@@ -69,8 +69,13 @@ impl ToriiScan {
         let pg = self.page;
         self.cur_block = blk;
         self.nvis = 0;
-        // SAFETY: page_cxt belongs to the scan; nothing points into it past this page.
-        unsafe { pg_sys::MemoryContextReset(self.page_cxt) };
+        // SAFETY: page_cxt belongs to the scan; nothing points into it past this page. Most
+        // pages allocate nothing there: skip the (guarded, so not free) call then.
+        unsafe {
+            if !(*self.page_cxt).isReset {
+                pg_sys::MemoryContextReset(self.page_cxt)
+            }
+        };
         // SAFETY: rel is open; the copy buffer is ours.
         unsafe {
             pages::copy_page(
@@ -89,9 +94,28 @@ impl ToriiScan {
             return;
         }
         let n = page::line_pointer_count(self.page());
+        // Page at a time, as heap: on a page marked all-visible every normal row is the
+        // version every MVCC snapshot sees (the mark is cleared before any change of the page).
+        if torii_core::vm::page_all_visible(self.page()) && self.snap().sees_all_visible_pages() {
+            for off in 1..=n as u16 {
+                if let Some(row) = self.row(off) {
+                    let (ptr, len) = (row.as_ptr(), row.len());
+                    self.push_visible(off, ptr, len);
+                }
+            }
+            return;
+        }
         for off in 1..=n {
             self.consider(off as u16);
         }
+    }
+
+    fn push_visible(&mut self, off: u16, ptr: *const u8, len: usize) {
+        let i = self.nvis;
+        self.vis[i] = off;
+        self.vis_ptr[i] = ptr;
+        self.vis_len[i] = len as u32;
+        self.nvis += 1;
     }
 
     /// Adds the version of row `off` that the snapshot sees (if any) to the visible list.
@@ -110,11 +134,7 @@ impl ToriiScan {
                 (mem as *const u8, img.len())
             },
         };
-        let i = self.nvis;
-        self.vis[i] = off;
-        self.vis_ptr[i] = ptr;
-        self.vis_len[i] = len as u32;
-        self.nvis += 1;
+        self.push_visible(off, ptr, len);
         true
     }
 

@@ -68,6 +68,9 @@ pub struct Snap {
     pub raw: pg_sys::Snapshot,
     pub kind: SnapshotKind,
     pub(super) oracle: PgOracle,
+    /// The resolved horizon of the table this snapshot last resolved a row of (relfilenode,
+    /// horizon): scans ask once, not per row ([`horizon_of`] is a hash lookup).
+    horizon: std::cell::Cell<Option<(u32, u64)>>,
 }
 
 /// Special "snapshot" for index builds and VACUUM FULL: every row whose writer did not abort.
@@ -97,6 +100,7 @@ impl Snap {
             raw: snapshot,
             kind,
             oracle: PgOracle::new(snapshot),
+            horizon: std::cell::Cell::new(None),
         }
     }
 
@@ -119,6 +123,7 @@ impl Snap {
             raw: std::ptr::null_mut(),
             kind,
             oracle: PgOracle::new(std::ptr::null_mut()),
+            horizon: std::cell::Cell::new(None),
         }
     }
 
@@ -132,7 +137,7 @@ impl Snap {
         loop {
             let cur: &[u8] = owned.as_deref().unwrap_or(row);
             let h = RowHeader::read(cur);
-            match change_effect(self.kind, h.xid, h.cid, horizon_of(rel), &self.oracle) {
+            match change_effect(self.kind, h.xid, h.cid, self.horizon_of(rel), &self.oracle) {
                 Effect::InEffect => {
                     // Any and RowVersion give what the TID holds, deleted or not.
                     let tid_content =
@@ -188,6 +193,33 @@ impl Snap {
                 }
             }
         }
+    }
+
+    /// [`horizon_of`] `rel`, asked once per snapshot and table: the horizon only grows, so the
+    /// value of the scan's start is safe for the whole scan.
+    ///
+    /// # Safety
+    /// `rel` must be an open torii table.
+    unsafe fn horizon_of(&self, rel: pg_sys::Relation) -> u64 {
+        let key: u32 = (*rel).rd_node.relNode.into();
+        match self.horizon.get() {
+            Some((k, h)) if k == key => h,
+            _ => {
+                let h = horizon_of(rel);
+                self.horizon.set(Some((key, h)));
+                h
+            }
+        }
+    }
+
+    /// Whether this snapshot sees every row of a page marked all-visible as stored, without
+    /// looking at the rows: an MVCC snapshot not taken during recovery (as heap's page-at-a-time
+    /// rule; a standby's map may run ahead of what its snapshots see).
+    pub fn sees_all_visible_pages(&self) -> bool {
+        // SAFETY: raw is valid while the snapshot is used (Snap::new's contract).
+        matches!(self.kind, SnapshotKind::Mvcc { .. })
+            && !self.raw.is_null()
+            && unsafe { !(*self.raw).takenDuringRecovery }
     }
 
     /// The row image before the change recorded at `h.undo`, rebuilt from `cur`.
