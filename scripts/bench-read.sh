@@ -4,8 +4,8 @@
 # connection per query) and inside one long-lived session, a parallel sequential scan (2
 # workers), 10,000 random primary-key lookups fetching a non-indexed column, and a bitmap scan
 # of 1% of the rows. Warm cache (each query run once before timing), heap and torii
-# alternated, best of N (default 5) server-side times (EXPLAIN ANALYZE-free: psql \timing
-# includes connection set-up for the fresh-session figure, as a client sees it).
+# alternated, best of N (default 5): a fresh session's figure is the wall time of one psql
+# process (connect included, as a short-lived client sees it), the others psql's \timing.
 # Usage: scripts/bench-read.sh [--runs N] [--rows N]
 set -euo pipefail
 RUNS=5 ROWS=1000000
@@ -71,34 +71,20 @@ for _ in $(seq "$RUNS"); do
     for am in heap torii; do F[$am]="${F[$am]} $(fresh $am "$SEQ")"; done
 done
 row "seq scan, fresh session (incl. connect)" "$(best ${F[heap]})" "$(best ${F[torii]})"
-declare -A S
-for round in 1 2; do
-    for am in heap torii; do
-        S[$am]="${S[$am]:-} $(in_session $am "SET max_parallel_workers_per_gather = 0;" "$SEQ")"
+# Best time of query $3 with settings $2, inside one session, heap and torii alternated twice.
+compare() {
+    local h="" t=""
+    for _ in 1 2; do
+        h="$h $(in_session heap "$2" "$3")"
+        t="$t $(in_session torii "$2" "$3")"
     done
-done
-row "seq scan, long-lived session" "$(best ${S[heap]})" "$(best ${S[torii]})"
-declare -A P
-for round in 1 2; do
-    for am in heap torii; do
-        P[$am]="${P[$am]:-} $(in_session $am "SET max_parallel_workers_per_gather = 2; SET parallel_setup_cost = 0; SET min_parallel_table_scan_size = 0;" "$SEQ")"
-    done
-done
-row "parallel seq scan (2 workers)" "$(best ${P[heap]})" "$(best ${P[torii]})"
-KEYS="SELECT sum(length(pad)) FROM {t} WHERE id = ANY (ARRAY(SELECT (1 + (g * 7919) % $ROWS) FROM generate_series(1, 10000) g))"
-declare -A I
-for round in 1 2; do
-    for am in heap torii; do
-        I[$am]="${I[$am]:-} $(in_session $am "SET enable_bitmapscan = off; SET enable_seqscan = off;" "$KEYS")"
-    done
-done
-row "index scan, 10,000 keys" "$(best ${I[heap]})" "$(best ${I[torii]})"
-BITMAP="SELECT count(*), sum(length(pad)) FROM {t} WHERE v IN (1, 500, 999, 7, 300, 600, 800, 900, 100, 200)"
-declare -A B
-for round in 1 2; do
-    for am in heap torii; do
-        B[$am]="${B[$am]:-} $(in_session $am "SET enable_indexscan = off; SET enable_seqscan = off;" "$BITMAP")"
-    done
-done
-row "bitmap scan, 1% of the rows" "$(best ${B[heap]})" "$(best ${B[torii]})"
+    row "$1" "$(best $h)" "$(best $t)"
+}
+compare "seq scan, long-lived session" "SET max_parallel_workers_per_gather = 0;" "$SEQ"
+compare "parallel seq scan (2 workers)" \
+    "SET max_parallel_workers_per_gather = 2; SET parallel_setup_cost = 0; SET min_parallel_table_scan_size = 0;" "$SEQ"
+compare "index scan, 10,000 keys" "SET enable_bitmapscan = off; SET enable_seqscan = off;" \
+    "SELECT sum(length(pad)) FROM {t} WHERE id = ANY (ARRAY(SELECT (1 + (g * 7919) % $ROWS) FROM generate_series(1, 10000) g))"
+compare "bitmap scan, 1% of the rows" "SET enable_indexscan = off; SET enable_seqscan = off;" \
+    "SELECT count(*), sum(length(pad)) FROM {t} WHERE v IN (1, 500, 999, 7, 300, 600, 800, 900, 100, 200)"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -78,6 +78,20 @@ pub fn cluster_with_db_options(
     Ok((c, client))
 }
 
+/// Messages of the NOTICE/INFO/WARNING a session received, in order.
+pub type Notices = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A new session on [`DB`] of `c` that collects the messages the server sends it.
+pub fn connect_with_notices(c: &Cluster) -> Result<(Client, Notices)> {
+    let notices: Notices = Default::default();
+    let seen = notices.clone();
+    let cl = c
+        .client_config(DB)
+        .notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()))
+        .connect(postgres::NoTls)?;
+    Ok((cl, notices))
+}
+
 /// Run `query` with `{t}` replaced by `heap_table` and by `am_table`; assert identical text
 /// results and return them.
 pub fn same_result(

@@ -7,10 +7,11 @@
 //! second session can watch it.
 
 use postgres::Client;
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-use torii_harness::testing::{assert_verify_clean, cluster_with_db_conf, is_torii, DB};
+use torii_harness::testing::{
+    assert_verify_clean, cluster_with_db_conf, connect_with_notices, is_torii, DB,
+};
 use torii_harness::{sql, Cluster, Result};
 
 /// Runs the statements `stmts` (one by one: VACUUM cannot share a string) in a new session
@@ -242,12 +243,7 @@ fn vacuum_verbose_and_autovacuum_write_heap_like_lines() -> Result<()> {
         ],
     )?;
     drop(cl);
-    let notices: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = notices.clone();
-    let mut cl = c
-        .client_config(DB)
-        .notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()))
-        .connect(postgres::NoTls)?;
+    let (mut cl, notices) = connect_with_notices(&c)?;
     churned_table(&mut cl, "t", 20000)?;
     cl.batch_execute("VACUUM (VERBOSE) t")?;
     let said = notices.lock().unwrap().clone();

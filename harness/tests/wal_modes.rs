@@ -9,9 +9,9 @@
 //!   torii writes generic WAL, and its first write says so in one NOTICE; crash recovery of
 //!   those records needs no torii.
 
-use std::sync::{Arc, Mutex};
-
-use torii_harness::testing::{assert_verify_clean, cluster_with_db_conf, is_torii, DB};
+use torii_harness::testing::{
+    assert_verify_clean, cluster_with_db_conf, connect_with_notices, is_torii, DB,
+};
 use torii_harness::{sql, Result};
 
 /// Records per resource manager written between two LSNs.
@@ -99,12 +99,7 @@ fn generic_wal_without_preload_says_so_once() -> Result<()> {
         &["shared_preload_libraries = ''", "autovacuum = off"],
     )?;
     drop(cl);
-    let notices: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = notices.clone();
-    let mut cl = c
-        .client_config(DB)
-        .notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()))
-        .connect(postgres::NoTls)?;
+    let (mut cl, notices) = connect_with_notices(&c)?;
     cl.batch_execute(
         "CREATE EXTENSION IF NOT EXISTS pg_walinspect; \
          CREATE TABLE t (id int PRIMARY KEY, v int, s text) USING torii",
