@@ -55,10 +55,17 @@ unsafe fn fetch_version_into(
             &page::PageError::Malformed(format!("row {off}: {e}")),
         );
     }
-    let resolve = |s: &Snap| match s.resolve(rel, row) {
-        Version::None => None,
-        Version::Current(r) => Some(r.to_vec()),
-        Version::Old(img) => Some(img),
+    // On a page marked all-visible the stored row is what an MVCC snapshot sees (as scans).
+    let all_visible = torii_core::vm::page_all_visible(p);
+    let resolve = |s: &Snap| {
+        if all_visible && s.sees_all_visible_pages() {
+            return Some(row.to_vec());
+        }
+        match s.resolve(rel, row) {
+            Version::None => None,
+            Version::Current(r) => Some(r.to_vec()),
+            Version::Old(img) => Some(img),
+        }
     };
     let newest = torii_core::row::RowHeader::read(row).xid;
     let version: Option<Vec<u8>> = as_of
