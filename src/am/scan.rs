@@ -43,6 +43,9 @@ pub struct ToriiScan {
     pub max_tid: (u32, u16),
     /// Sample scans: next offset to consider on the current block.
     pub sample_off: u16,
+    /// The loaded page is marked all-visible and the snapshot sees such a page as stored
+    /// ([`Snap::sees_all_visible_pages`]): its rows need no visibility decision.
+    pub sees_all: bool,
 }
 
 impl ToriiScan {
@@ -64,11 +67,23 @@ impl ToriiScan {
 
     /// Loads block `blk` into the scan's page copy; returns its kind (None: new page).
     pub fn load(&mut self, blk: u32) -> Option<PageKind> {
+        self.load_with(blk, None)
+    }
+
+    /// Loads of block `blk` only what rows `offsets` need (header, line pointers, those rows,
+    /// special space) when the page was verified before, the whole page otherwise: a bitmap
+    /// scan fetching a few rows of a page need not copy all of it.
+    pub fn load_rows(&mut self, blk: u32, offsets: &[u16]) -> Option<PageKind> {
+        self.load_with(blk, Some(offsets))
+    }
+
+    fn load_with(&mut self, blk: u32, offsets: Option<&[u16]>) -> Option<PageKind> {
         let rel = self.rel();
         let strategy = self.strategy;
         let pg = self.page;
         self.cur_block = blk;
         self.nvis = 0;
+        self.sees_all = false;
         // SAFETY: page_cxt belongs to the scan; nothing points into it past this page. Most
         // pages allocate nothing there: skip the (guarded, so not free) call then.
         unsafe {
@@ -77,14 +92,17 @@ impl ToriiScan {
             }
         };
         // SAFETY: rel is open; the copy buffer is ours.
-        unsafe {
-            pages::copy_page(
-                rel,
-                blk,
-                strategy,
-                std::slice::from_raw_parts_mut(pg, page::BLCKSZ),
-            )
-        }
+        let kind = unsafe {
+            let dst = std::slice::from_raw_parts_mut(pg, page::BLCKSZ);
+            match offsets {
+                None => pages::copy_page(rel, blk, strategy, dst),
+                Some(offs) => pages::copy_rows(rel, blk, strategy, dst, offs),
+            }
+        };
+        self.sees_all = kind == Some(PageKind::Data)
+            && torii_core::vm::page_all_visible(self.page())
+            && self.snap().sees_all_visible_pages();
+        kind
     }
 
     /// Loads a block and collects the offsets of the rows visible to the scan's snapshot.
@@ -94,17 +112,6 @@ impl ToriiScan {
             return;
         }
         let n = page::line_pointer_count(self.page());
-        // Page at a time, as heap: on a page marked all-visible every normal row is the
-        // version every MVCC snapshot sees (the mark is cleared before any change of the page).
-        if torii_core::vm::page_all_visible(self.page()) && self.snap().sees_all_visible_pages() {
-            for off in 1..=n as u16 {
-                if let Some(row) = self.row(off) {
-                    let (ptr, len) = (row.as_ptr(), row.len());
-                    self.push_visible(off, ptr, len);
-                }
-            }
-            return;
-        }
         for off in 1..=n {
             self.consider(off as u16);
         }
@@ -124,6 +131,13 @@ impl ToriiScan {
         let Some(row) = self.row(off) else {
             return false;
         };
+        if self.sees_all {
+            // Page at a time, as heap: on a page marked all-visible every normal row is the
+            // version every MVCC snapshot sees (the mark is cleared before any change).
+            let (ptr, len) = (row.as_ptr(), row.len());
+            self.push_visible(off, ptr, len);
+            return true;
+        }
         // SAFETY: rel is the scan's open relation; page_cxt is the scan's context.
         let (ptr, len) = match unsafe { self.snap().resolve(rel, row) } {
             Version::None => return false,
@@ -520,10 +534,10 @@ pub unsafe extern "C-unwind" fn scan_bitmap_next_block(
         return false;
     }
     if res.ntuples >= 0 {
-        if scan.load(res.blockno) != Some(PageKind::Data) {
+        let offsets = std::slice::from_raw_parts(res.offsets.as_ptr(), res.ntuples as usize);
+        if scan.load_rows(res.blockno, offsets) != Some(PageKind::Data) {
             return false;
         }
-        let offsets = std::slice::from_raw_parts(res.offsets.as_ptr(), res.ntuples as usize);
         for &off in offsets {
             scan.consider(off);
         }

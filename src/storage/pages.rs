@@ -177,6 +177,43 @@ pub unsafe fn copy_page(
     page::kind(dst)
 }
 
+/// As [`copy_page`], but when the page was verified before in its current state copies only
+/// what rows `offsets` need: the header and line pointers, those rows and the special space
+/// (the rest of `dst` keeps whatever it held). Pages not known good are copied whole and
+/// verified.
+///
+/// # Safety
+/// `rel` must be open and `blk` inside it.
+pub unsafe fn copy_rows(
+    rel: pg_sys::Relation,
+    blk: u32,
+    strategy: pg_sys::BufferAccessStrategy,
+    dst: &mut [u8],
+    offsets: &[u16],
+) -> Option<PageKind> {
+    {
+        let b = LockedBuffer::read(rel, blk, Lock::Share, strategy);
+        let src = b.page();
+        if known_good(rel, &b, src) {
+            let lower = page::pd_lower(src).min(page::SPECIAL_OFFSET);
+            dst[..lower].copy_from_slice(&src[..lower]);
+            dst[page::SPECIAL_OFFSET..].copy_from_slice(&src[page::SPECIAL_OFFSET..]);
+            let n = page::line_pointer_count(src);
+            for &off in offsets {
+                if off == 0 || off as usize > n {
+                    continue;
+                }
+                let lp = page::line_pointer(src, off as usize);
+                if lp.flags == page::LP_NORMAL && lp.off + lp.len <= page::SPECIAL_OFFSET {
+                    dst[lp.off..lp.off + lp.len].copy_from_slice(&src[lp.off..lp.off + lp.len]);
+                }
+            }
+            return page::kind(dst);
+        }
+    }
+    copy_page(rel, blk, strategy, dst)
+}
+
 /// Number of blocks of the main fork.
 ///
 /// # Safety
